@@ -1,0 +1,27 @@
+"""ComfyUI glue: one module per node, plus `comfy_bridge` for every ComfyUI internal call."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .apply import ApplyIPAdapter
+from .encode import EncodeImagePrompt
+from .loader import LoadIPAdapter
+
+NODES: list[type[io.ComfyNode]] = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter]
+
+
+class IPAdapterExtension(ComfyExtension):
+    """Lists the pack's nodes, registering its model folder first.
+
+    ComfyUI 0.8.0 builds each node's schema (and so the adapter file list) right
+    after `get_node_list`, and does not call `on_load`; the folder is registered here.
+    """
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        import folder_paths
+
+        from ..utils.model_folders import register_model_folder
+
+        register_model_folder(folder_paths)
+        return NODES

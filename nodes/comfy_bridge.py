@@ -1,0 +1,122 @@
+"""Every call into ComfyUI internals lives here, so the nodes stay declarative.
+
+ComfyUI-facing, not math: building the adapter's ModelPatcher, running the CLIP
+vision tower, listing the UNet's cross-attention slots, registering patches on
+a clone through `ModelPatcher.set_model_attn2_replace`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
+import comfy.model_patcher
+import torch
+from torch import Tensor
+
+from ..ip_adapter import layout
+from ..ip_adapter.errors import ImagePromptError
+from ..ip_adapter.model import IPAdapterModel
+from ..ip_adapter.patch import ImageBranch, slot_patches
+from ..ip_adapter.spec import AdapterSpec, EncoderFeature
+
+
+def adapter_patcher(model: IPAdapterModel) -> comfy.model_patcher.ModelPatcher:
+    """Wrap the adapter so ComfyUI loads it to the GPU and offloads it with the UNet."""
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
+def encode(clip_vision: Any, image: Tensor, feature: EncoderFeature, crop: bool) -> Tensor:
+    """Run ComfyUI's CLIP vision tower on IMAGE [B, H, W, 3]; return the feature the adapter reads."""
+    output = clip_vision.encode_image(image, crop=crop)
+    return output[feature.value].float()
+
+
+def encode_zero_pixels(clip_vision: Any, feature: EncoderFeature, count: int) -> Tensor:
+    """The encoding of an all-zero *normalised* pixel tensor (the authors' uncond for plus/full-face).
+
+    A black image normalises to non-zero values, so it cannot stand in for this;
+    the tower is called on zeros directly, past ComfyUI's preprocessing.
+    """
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    size = getattr(clip_vision, "image_size", 224)
+    pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
+    out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
+    picked = out[2] if feature is EncoderFeature.IMAGE_EMBEDS else out[1]
+    picked = picked.to(comfy.model_management.intermediate_device()).float()
+    return picked.expand(count, *picked.shape[1:])
+
+
+def load_for_projection(patcher: comfy.model_patcher.ModelPatcher) -> None:
+    comfy.model_management.load_model_gpu(patcher)
+
+
+def unet_slots(model: comfy.model_patcher.ModelPatcher) -> dict[layout.Slot, int]:
+    """Every cross-attention slot the UNet really has, with its attention width."""
+    unet = model.get_model_object("diffusion_model")
+    found: dict[layout.Slot, int] = {}
+    groups = (("input", getattr(unet, "input_blocks", [])),
+              ("middle", [getattr(unet, "middle_block", [])]),
+              ("output", getattr(unet, "output_blocks", [])))
+    for block, sequence in groups:
+        for number, stage in enumerate(sequence):
+            for module in stage:
+                for index, transformer in enumerate(getattr(module, "transformer_blocks", [])):
+                    attn2 = getattr(transformer, "attn2", None)
+                    if attn2 is not None:
+                        found[layout.Slot(block, number, index)] = attn2.to_q.weight.shape[0]
+    return found
+
+
+def check_model_fits(model: comfy.model_patcher.ModelPatcher, spec: AdapterSpec, adapter_name: str) -> None:
+    """Refuse an adapter whose layers do not match the UNet (SD1.5 vs SDXL, or another architecture)."""
+    available = unet_slots(model)
+    wanted = layout.slot_for_layer(spec.base)
+    other = "SDXL" if spec.base.value == "SD1.5" else "SD1.5"
+    if len(available) != len(wanted) or any(slot not in available for slot in wanted.values()):
+        raise ImagePromptError(
+            f"ApplyIPAdapter: '{adapter_name}' is a {spec.base.value} adapter ({len(wanted)} cross-attention "
+            f"layers), but the model has {len(available)} cross-attention layers"
+            f"{' (looks like ' + other + ')' if len(available) in (16, 70) else ''}. "
+            f"Load a {spec.base.value} checkpoint, or pick an adapter made for this model."
+        )
+    for (index, slot), width in zip(wanted.items(), spec.layer_widths):
+        if available[slot] != width:
+            raise ImagePromptError(
+                f"ApplyIPAdapter: '{adapter_name}' layer {index} is {width} wide but the model's "
+                f"{slot} attention is {available[slot]} wide; this adapter is for another model."
+            )
+
+
+def sigma_window(model: comfy.model_patcher.ModelPatcher, start: float, end: float) -> tuple[float, float] | None:
+    """Convert schedule fractions to (sigma_start, sigma_end) as ControlNetApplyAdvanced does."""
+    if start <= 0.0 and end >= 1.0:
+        return None
+    sampling = model.get_model_object("model_sampling")
+    return float(sampling.percent_to_sigma(start)), float(sampling.percent_to_sigma(end))
+
+
+def patched_clone(model: comfy.model_patcher.ModelPatcher, branch: ImageBranch, spec: AdapterSpec) -> Any:
+    """Clone `model` and register one attn2 replace per slot, composing with what is there."""
+    clone = model.clone()
+    current = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+
+    def existing(slot: layout.Slot) -> Any:
+        for key in layout.comfy_keys(slot):
+            if key in current:
+                return current[key]
+        return None
+
+    for slot, patch in slot_patches(branch, layout.slot_for_layer(spec.base), existing, attention_backend()):
+        clone.set_model_attn2_replace(patch, slot.block, slot.number, slot.transformer_index)
+    return clone
+
+
+def attention_backend() -> Any:
+    """ComfyUI's selected attention (pytorch, xformers, flash, sage ...), so user flags apply."""
+    return comfy_attention.optimized_attention

@@ -1,0 +1,46 @@
+"""IMAGE tensor helpers. ComfyUI images are float [B, H, W, C] in 0..1."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: How a non-square reference image becomes the encoder's square input.
+FIT_MODES = ("center crop", "pad", "stretch")
+
+
+def to_rgb(image: Tensor) -> Tensor:
+    """Drop alpha, expand grayscale: [B, H, W, C] with C in 1..4 -> [B, H, W, 3]."""
+    channels = image.shape[-1]
+    if channels == 3:
+        return image
+    if channels == 4:
+        return image[..., :3]
+    if channels == 1:
+        return image.expand(*image.shape[:-1], 3)
+    if channels == 2:  # gray + alpha
+        return image[..., :1].expand(*image.shape[:-1], 3)
+    raise ValueError(f"an IMAGE with {channels} channels (expected 1 to 4)")
+
+
+def pad_to_square(image: Tensor, value: float = 0.0) -> Tensor:
+    """Pad [B, H, W, C] evenly on the short side so the whole picture survives encoding."""
+    _, height, width, _ = image.shape
+    side = max(height, width)
+    if height == width:
+        return image
+    top, left = (side - height) // 2, (side - width) // 2
+    out = image.new_full((image.shape[0], side, side, image.shape[3]), value)
+    out[:, top:top + height, left:left + width] = image
+    return out
+
+
+def downscale_longest_side(image: Tensor, limit: int) -> Tensor:
+    """Shrink [B, H, W, C] so its longest side is at most `limit` (area filter), else return it."""
+    _, height, width, _ = image.shape
+    if max(height, width) <= limit:
+        return image
+    scale = limit / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = torch.nn.functional.interpolate(image.movedim(-1, 1), size=size, mode="area")
+    return resized.movedim(1, -1)
