@@ -1,0 +1,605 @@
+"""Find a ComfyUI checkout, boot it as a library, and load this pack the way ComfyUI does.
+
+Everything here drives ComfyUI's own code paths:
+
+* ``boot_comfyui`` imports ComfyUI's modules in the order ``main.py`` does, with ``--cpu`` (or
+  other flags) parsed by ``comfy/cli_args.py`` itself.
+* ``load_pack`` calls ``nodes.load_custom_node`` (the function ComfyUI runs for every folder in
+  ``custom_nodes/`` at start-up), so V1 ``NODE_CLASS_MAPPINGS`` and V3 ``comfy_entrypoint``
+  packs register exactly as on a real server.
+* ``run_node`` calls one node through ``execution.get_output_data``, the executor's own call path
+  (V1 ``FUNCTION`` or V3 ``EXECUTE_NORMALIZED``, sync or async).
+* ``PromptRunner`` / ``run_prompt`` validate an API-format prompt with ``execution``'s validator
+  and run it through ``execution.PromptExecutor`` with a server stand-in that records every
+  message, so tests can count executed and cached nodes.
+
+The repository root is never put on ``sys.path``: ComfyUI has a top-level ``nodes.py`` and a
+``utils`` package, and so does this pack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable, Mapping, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_COMFYUI = Path("~/comfy/ComfyUI").expanduser()
+
+COMFYUI_NOT_FOUND = (
+    "ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout, or install this pack in "
+    "ComfyUI/custom_nodes, or put one at ~/comfy/ComfyUI"
+)
+
+# Top-level module names that exist both in ComfyUI and (as packages) in this repo, or that
+# ComfyUI owns. If one of them was imported from somewhere else first, booting would silently
+# mix two code bases.
+_COMFY_OWNED_MODULES = ("nodes", "utils", "folder_paths", "execution", "comfy", "comfy_api")
+
+
+class ComfyHarnessError(RuntimeError):
+    """The harness could not boot ComfyUI or load the pack; the message says why."""
+
+
+class PackImportError(ComfyHarnessError):
+    """``nodes.load_custom_node`` refused the pack; carries ComfyUI's logged reason."""
+
+
+class PromptValidationError(ComfyHarnessError):
+    """ComfyUI's validator rejected a prompt (what ``POST /prompt`` answers with HTTP 400)."""
+
+    def __init__(self, message: str, error: Any, node_errors: Mapping[str, Any]):
+        super().__init__(message)
+        self.error = error
+        self.node_errors = dict(node_errors)
+
+
+class PromptExecutionError(ComfyHarnessError):
+    """A node raised while the executor ran a prompt (the websocket ``execution_error``)."""
+
+    def __init__(self, message: str, details: Mapping[str, Any]):
+        super().__init__(message)
+        self.details = dict(details)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding ComfyUI
+# --------------------------------------------------------------------------------------------
+
+def is_comfyui_root(path: os.PathLike | str) -> bool:
+    """True if ``path`` looks like a ComfyUI checkout: ``main.py``, ``nodes.py`` and ``comfy/``."""
+    p = Path(path)
+    return (p / "main.py").is_file() and (p / "nodes.py").is_file() and (p / "comfy").is_dir()
+
+
+def find_comfyui(repo_root: os.PathLike | str | None = None) -> Path | None:
+    """Locate a ComfyUI checkout, or return None.
+
+    Order: ``$COMFYUI_PATH``; the ComfyUI whose ``custom_nodes/`` holds this repository (walking
+    up from the repository root); ``~/comfy/ComfyUI``. A set but invalid ``COMFYUI_PATH`` is an
+    error rather than a silent fallback.
+    """
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        p = Path(env).expanduser().resolve()
+        if not is_comfyui_root(p):
+            raise ComfyHarnessError(
+                f"COMFYUI_PATH={env!r} is not a ComfyUI checkout (needs main.py, nodes.py, comfy/)"
+            )
+        return p
+
+    start = Path(repo_root or REPO_ROOT).resolve()
+    for parent in start.parents:
+        if parent.name == "custom_nodes" and is_comfyui_root(parent.parent):
+            return parent.parent
+
+    if is_comfyui_root(DEFAULT_COMFYUI):
+        return DEFAULT_COMFYUI.resolve()
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Booting
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Comfy:
+    """A booted ComfyUI: its root, argv and the modules tests need."""
+
+    path: Path
+    argv: tuple[str, ...]
+    nodes: ModuleType
+    folder_paths: ModuleType
+    model_management: ModuleType
+    execution: ModuleType
+    args: Any
+    builtin_node_ids: frozenset[str]
+    loaded_extras: set[str] = field(default_factory=set)
+
+    def node_class(self, node_id: str) -> type:
+        """The class registered under ``node_id`` in ``nodes.NODE_CLASS_MAPPINGS``."""
+        try:
+            return self.nodes.NODE_CLASS_MAPPINGS[node_id]
+        except KeyError:
+            raise KeyError(
+                f"no node {node_id!r} registered in ComfyUI; was the pack loaded "
+                f"(load_pack) or the comfy_extras module (load_builtin_extras)?"
+            ) from None
+
+    def load_builtin_extras(self, files: Iterable[str] | None = None) -> None:
+        """Register ComfyUI's own ``comfy_extras`` nodes, as ``nodes.init_extra_nodes`` does.
+
+        ``files`` names modules such as ``"nodes_latent.py"``; None loads all of them (the
+        ``init_builtin_extra_nodes`` list, which takes a few seconds).
+        """
+        if files is None:
+            if "*" in self.loaded_extras:
+                return
+            failed = asyncio.run(self.nodes.init_builtin_extra_nodes())
+            self.loaded_extras.add("*")
+            if failed:
+                logging.getLogger(__name__).warning("comfy_extras that did not import: %s", failed)
+            return
+        extras_dir = self.path / "comfy_extras"
+        for name in files:
+            if name in self.loaded_extras or "*" in self.loaded_extras:
+                continue
+            ok = asyncio.run(
+                self.nodes.load_custom_node(str(extras_dir / name), module_parent="comfy_extras")
+            )
+            if not ok:
+                raise ComfyHarnessError(f"ComfyUI could not import comfy_extras/{name}")
+            self.loaded_extras.add(name)
+
+
+_BOOTED: Comfy | None = None
+
+
+def _module_is_under(module: ModuleType, root: Path) -> bool:
+    locations = []
+    if getattr(module, "__file__", None):
+        locations.append(module.__file__)
+    locations.extend(getattr(module, "__path__", []) or [])
+    return any(Path(loc).resolve().is_relative_to(root) for loc in locations)
+
+
+def boot_comfyui(
+    path: os.PathLike | str | None = None,
+    extra_argv: Sequence[str] = ("--cpu",),
+) -> Comfy:
+    """Import ComfyUI from ``path`` as a library, with ``extra_argv`` as its command line.
+
+    Mirrors ``main.py``: ``comfy.options.enable_args_parsing()`` before ``comfy.cli_args`` is
+    imported (so ``--cpu``, ``--fp32-unet``, ``--fp32-text-enc``... take effect), ComfyUI's own
+    ``utils`` package imported before any module that puts ``comfy/`` on ``sys.path``
+    (``nodes.py`` does), then ``nodes``, ``folder_paths``, ``comfy.model_management``,
+    ``execution``, and ``nodes.init_public_apis()``. Built-in nodes of ``nodes.py`` (KSampler,
+    CLIPVisionLoader, ControlNetLoader, ControlNetApplyAdvanced, ...) are registered by the
+    import itself; ``comfy_extras`` nodes come from ``Comfy.load_builtin_extras``.
+
+    Booting happens once per process: a second call returns the same ``Comfy`` and raises if it
+    asks for another checkout or another argv (the flags are read at import time).
+    """
+    global _BOOTED
+    root = Path(path).expanduser().resolve() if path is not None else find_comfyui()
+    if root is None:
+        raise ComfyHarnessError(COMFYUI_NOT_FOUND)
+    if not is_comfyui_root(root):
+        raise ComfyHarnessError(f"{root} is not a ComfyUI checkout (needs main.py, nodes.py, comfy/)")
+    argv = tuple(extra_argv)
+
+    if _BOOTED is not None:
+        if _BOOTED.path != root or _BOOTED.argv != argv:
+            raise ComfyHarnessError(
+                f"ComfyUI was already booted from {_BOOTED.path} with argv {_BOOTED.argv}; "
+                f"cannot re-boot from {root} with {argv} in the same process"
+            )
+        return _BOOTED
+
+    for name in _COMFY_OWNED_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and not _module_is_under(module, root):
+            raise ComfyHarnessError(
+                f"module {name!r} was already imported from {getattr(module, '__file__', module)}, "
+                f"not from {root}; something put another {name!r} on sys.path before ComfyUI "
+                f"booted (this repo's root must not be on sys.path)"
+            )
+
+    root_str = str(root)
+    while root_str in sys.path:
+        sys.path.remove(root_str)
+    sys.path.insert(0, root_str)
+
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    already_parsed = "comfy.cli_args" in sys.modules
+    saved_argv = sys.argv
+    sys.argv = [str(root / "main.py"), *argv]
+    try:
+        import comfy.cli_args as cli_args
+
+        if already_parsed:
+            # Imported earlier with default args: re-parse in place, unless the device was
+            # already chosen from them.
+            if "comfy.model_management" in sys.modules:
+                raise ComfyHarnessError(
+                    "comfy.model_management was imported before boot_comfyui; its device "
+                    "choice ignored the harness argv"
+                )
+            vars(cli_args.args).update(vars(cli_args.parser.parse_args(argv)))
+    finally:
+        sys.argv = saved_argv
+
+    # Must precede every module that inserts ComfyUI/comfy at sys.path[0] (nodes.py does):
+    # after that, `import utils` would find comfy/utils.py and server.py would fail.
+    import utils.install_util  # noqa: F401  (ComfyUI's utils package)
+    import utils.extra_config  # noqa: F401
+
+    import comfy.utils  # noqa: F401
+    import comfy.model_management as model_management
+    import execution
+    import folder_paths
+    import nodes
+
+    asyncio.run(nodes.init_public_apis())
+
+    _BOOTED = Comfy(
+        path=root,
+        argv=argv,
+        nodes=nodes,
+        folder_paths=folder_paths,
+        model_management=model_management,
+        execution=execution,
+        args=cli_args.args,
+        builtin_node_ids=frozenset(nodes.NODE_CLASS_MAPPINGS),
+    )
+    return _BOOTED
+
+
+def booted() -> Comfy:
+    """The ``Comfy`` from an earlier ``boot_comfyui`` call."""
+    if _BOOTED is None:
+        raise ComfyHarnessError("ComfyUI is not booted; call boot_comfyui() first")
+    return _BOOTED
+
+
+# --------------------------------------------------------------------------------------------
+# Loading the pack
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedPack:
+    """This pack as ComfyUI registered it."""
+
+    path: Path
+    module: ModuleType
+    node_ids: tuple[str, ...]
+    comfy: Comfy
+
+    def node(self, node_id: str) -> type:
+        """The pack's node class registered under ``node_id``."""
+        if node_id not in self.node_ids:
+            raise KeyError(f"the pack registered no node {node_id!r}; it has {list(self.node_ids)}")
+        return self.comfy.node_class(node_id)
+
+    __getitem__ = node
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.node_ids
+
+
+_PACKS: dict[Path, LoadedPack] = {}
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def load_pack(repo_root: os.PathLike | str | None = None, comfy: Comfy | None = None) -> LoadedPack:
+    """Load ``repo_root`` (this repo by default) with ``nodes.load_custom_node``.
+
+    That is the call ComfyUI makes for each ``custom_nodes/`` entry at start-up (with the
+    built-in node ids as ``ignore``, so a pack cannot replace a built-in node). Raises
+    ``PackImportError`` with ComfyUI's logged reason (traceback included) when it refuses the
+    pack. Cached per path.
+    """
+    comfy = comfy or booted()
+    root = Path(repo_root or REPO_ROOT).resolve()
+    if root in _PACKS:
+        return _PACKS[root]
+    init = root / "__init__.py"
+    if not init.is_file():
+        raise FileNotFoundError(f"{init} does not exist: the pack has no entry point yet")
+
+    capture = _Capture()
+    logger = logging.getLogger()
+    logger.addHandler(capture)
+    try:
+        ok = asyncio.run(
+            comfy.nodes.load_custom_node(
+                str(root), ignore=set(comfy.builtin_node_ids), module_parent="custom_nodes"
+            )
+        )
+    finally:
+        logger.removeHandler(capture)
+    if not ok:
+        reason = "\n".join(capture.messages) or "(ComfyUI logged no reason)"
+        raise PackImportError(f"ComfyUI could not load the pack at {root}:\n{reason}")
+
+    module = sys.modules[str(root).replace(".", "_x_")]
+    tag = f"custom_nodes.{comfy.nodes.get_module_name(str(root))}"
+    node_ids = tuple(
+        sorted(
+            node_id
+            for node_id, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", None) == tag
+        )
+    )
+    if not node_ids:
+        raise PackImportError(f"ComfyUI loaded {root} but it registered no nodes")
+    pack = LoadedPack(path=root, module=module, node_ids=node_ids, comfy=comfy)
+    _PACKS[root] = pack
+    return pack
+
+
+# --------------------------------------------------------------------------------------------
+# Running one node
+# --------------------------------------------------------------------------------------------
+
+def _is_v3(cls: type) -> bool:
+    from comfy_api.internal import _ComfyNodeInternal
+
+    return isinstance(cls, type) and issubclass(cls, _ComfyNodeInternal)
+
+
+def run_node(node: type | str, /, *, return_ui: bool = False, inference_mode: bool = True, **inputs):
+    """Call one node the way the executor does and return its outputs as a tuple.
+
+    ``node`` is a class or a registered node id; ``inputs`` are the node's inputs by name,
+    already resolved (tensors, MODEL objects...). The call goes through
+    ``execution.get_output_data``: a fresh instance as in the executor, V1 ``FUNCTION`` or V3
+    ``EXECUTE_NORMALIZED`` on a locked class clone, async nodes awaited, all under
+    ``torch.inference_mode()`` like ``PromptExecutor``. Input validation is not run (use
+    ``run_prompt`` for that). Outputs marked ``OUTPUT_IS_LIST`` come back as lists. With
+    ``return_ui`` the result is ``(outputs, ui_dict)``.
+    """
+    import torch
+
+    comfy = booted()
+    execution = comfy.execution
+    cls = comfy.node_class(node) if isinstance(node, str) else node
+    input_data_all = {k: [v] for k, v in inputs.items()}
+    v3_data: dict[str, Any] = {}
+    if _is_v3(cls):
+        from comfy_api.latest import _io
+
+        _, _, v3_data = _io.get_finalized_class_inputs(cls.INPUT_TYPES(), inputs)
+    v3_data["hidden_inputs"] = {}
+
+    async def call():
+        obj = cls()
+        prompt_id, unique_id = "harness-" + uuid.uuid4().hex[:8], "harness-node"
+        output, ui, has_subgraph, pending = await execution.get_output_data(
+            prompt_id, unique_id, obj, input_data_all, v3_data=v3_data
+        )
+        if pending:
+            results = await execution.resolve_map_node_over_list_results(output)
+            output, ui, has_subgraph = execution.get_output_from_returns(results, obj)
+        if has_subgraph:
+            raise ComfyHarnessError(f"{cls.__name__} expanded into a subgraph; use run_prompt")
+        return output, ui
+
+    ctx = torch.inference_mode() if inference_mode else contextlib.nullcontext()
+    with ctx:
+        output, ui = asyncio.run(call())
+    is_list = getattr(cls, "OUTPUT_IS_LIST", None) or [False] * len(output)
+    values = tuple(slot if as_list else slot[0] for slot, as_list in zip(output, is_list))
+    return (values, ui) if return_ui else values
+
+
+# --------------------------------------------------------------------------------------------
+# Running whole prompts through the real executor
+# --------------------------------------------------------------------------------------------
+
+class RecordingServer:
+    """Stands in for ``server.PromptServer``: the attributes the executor touches, and a log."""
+
+    def __init__(self):
+        self.client_id: str | None = None
+        self.last_node_id: str | None = None
+        self.last_prompt_id: str | None = None
+        self.sockets_metadata: dict = {}
+        self.messages: list[tuple[Any, Any]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+@dataclass
+class PromptResult:
+    """What one ``PromptRunner.run`` produced.
+
+    ``outputs[node_id]`` is the executor's cached output for each node of the prompt that has
+    one: a list with one entry per output slot, each a list over the node's list-calls (one
+    item unless lists were involved). ``executed`` lists the nodes that actually ran, in order;
+    ``cached`` the nodes the executor served from its cache; ``ui`` the history ``outputs``.
+    """
+
+    prompt_id: str
+    success: bool
+    outputs: dict[str, list]
+    ui: dict[str, Any]
+    executed: list[str]
+    cached: list[str]
+    messages: list[tuple[Any, Any]]
+    error: dict | None = None
+
+    def output(self, node_id: str, slot: int = 0, index: int = 0):
+        """Item ``index`` of output ``slot`` of node ``node_id``."""
+        if node_id not in self.outputs:
+            raise KeyError(f"node {node_id!r} has no cached output; it has {sorted(self.outputs)}")
+        return self.outputs[node_id][slot][index]
+
+
+class PromptRunner:
+    """One ``execution.PromptExecutor`` kept across prompts, so its caches behave as on a server."""
+
+    def __init__(self, cache_type: str = "CLASSIC", cache_args: Mapping[str, float] | None = None):
+        comfy = booted()
+        self.comfy = comfy
+        self.server = RecordingServer()
+        self.executor = comfy.execution.PromptExecutor(
+            self.server,
+            cache_type=getattr(comfy.execution.CacheType, cache_type),
+            cache_args={"lru": 0, "ram": 0, **(cache_args or {})},
+        )
+
+    def validate(self, prompt: Mapping[str, Any], targets: Sequence[str] | None = None) -> list[str]:
+        """Validate like ``POST /prompt`` and return the node ids to execute.
+
+        With ``targets=None`` the executed nodes are the prompt's output nodes
+        (``execution.validate_prompt``). Explicit ``targets`` may be any nodes (also
+        non-output ones); each is validated with ``execution.validate_inputs``, the per-node
+        check ``validate_prompt`` runs, upstream included.
+        """
+        execution = self.comfy.execution
+        prompt = copy.deepcopy(dict(prompt))
+        pid = "validate-" + uuid.uuid4().hex[:8]
+        if targets is None:
+            valid, error, good, node_errors = asyncio.run(execution.validate_prompt(pid, prompt, None))
+            if not valid or node_errors:
+                raise PromptValidationError(_format_validation(error, node_errors), error, node_errors)
+            return list(good)
+
+        async def check():
+            validated: dict = {}
+            errors = {}
+            for node_id in targets:
+                if node_id not in prompt:
+                    errors[node_id] = [{"message": "no such node in the prompt", "details": ""}]
+                    continue
+                ok, reasons, _ = await execution.validate_inputs(pid, prompt, node_id, validated)
+                if ok is not True:
+                    errors[node_id] = reasons
+            for node_id, (ok, reasons, _) in validated.items():
+                if ok is not True and reasons:
+                    errors.setdefault(node_id, reasons)
+            return errors
+
+        errors = asyncio.run(check())
+        if errors:
+            node_errors = {
+                k: {"errors": v, "class_type": prompt.get(k, {}).get("class_type")}
+                for k, v in errors.items()
+            }
+            raise PromptValidationError(_format_validation(None, node_errors), None, node_errors)
+        return list(targets)
+
+    def run(
+        self,
+        prompt: Mapping[str, Any],
+        targets: Sequence[str] | None = None,
+        *,
+        raise_on_error: bool = True,
+        extra_data: Mapping[str, Any] | None = None,
+    ) -> PromptResult:
+        """Validate ``prompt`` (API format), run it, and collect outputs and messages."""
+        execute_outputs = self.validate(prompt, targets)
+        prompt = copy.deepcopy(dict(prompt))
+        prompt_id = str(uuid.uuid4())
+        start = len(self.server.messages)
+        extra = {"client_id": "harness", **(extra_data or {})}
+        self.executor.execute(prompt, prompt_id, extra, execute_outputs)
+        messages = self.server.messages[start:]
+
+        executed, cached, error = [], [], None
+        for event, data in messages:
+            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
+                continue
+            if event == "executing" and data.get("node") is not None:
+                executed.append(data["node"])
+            elif event == "execution_cached":
+                cached.extend(data.get("nodes", []))
+            elif event == "execution_error":
+                error = data
+
+        outputs = {}
+        for node_id in prompt:
+            entry = self.executor.caches.outputs.get(node_id)
+            if entry is not None and entry.outputs is not None:
+                outputs[node_id] = entry.outputs
+        history = getattr(self.executor, "history_result", {}) or {}
+        result = PromptResult(
+            prompt_id=prompt_id,
+            success=bool(self.executor.success) and error is None,
+            outputs=outputs,
+            ui=dict(history.get("outputs", {})),
+            executed=executed,
+            cached=cached,
+            messages=messages,
+            error=error,
+        )
+        if raise_on_error and not result.success:
+            details = error or {}
+            raise PromptExecutionError(
+                "node {} ({}) failed: {}\n{}".format(
+                    details.get("node_id"),
+                    details.get("node_type"),
+                    details.get("exception_message", "").strip(),
+                    "".join(details.get("traceback", [])),
+                ),
+                details,
+            )
+        return result
+
+
+def _format_validation(error, node_errors) -> str:
+    lines = []
+    if error:
+        lines.append(f"{error.get('message', '')}: {error.get('details', '')}".strip())
+    for node_id, info in (node_errors or {}).items():
+        for reason in info.get("errors", []):
+            lines.append(
+                f"node {node_id} ({info.get('class_type')}): {reason.get('message')}: {reason.get('details')}"
+            )
+    return "prompt failed validation:\n" + "\n".join(lines)
+
+
+_DEFAULT_RUNNER: PromptRunner | None = None
+
+
+def run_prompt(
+    prompt: Mapping[str, Any],
+    targets: Sequence[str] | None = None,
+    *,
+    runner: PromptRunner | None = None,
+    raise_on_error: bool = True,
+) -> PromptResult:
+    """Run an API-format prompt through ComfyUI's executor (a shared ``PromptRunner`` by default).
+
+    Pass your own ``runner`` to control caching between prompts (a fresh ``PromptRunner()`` has
+    empty caches).
+    """
+    global _DEFAULT_RUNNER
+    if runner is None:
+        if _DEFAULT_RUNNER is None:
+            _DEFAULT_RUNNER = PromptRunner()
+        runner = _DEFAULT_RUNNER
+    return runner.run(prompt, targets, raise_on_error=raise_on_error)
