@@ -69,13 +69,13 @@ class IPAdapterModel(nn.Module):
         """Read, detect and load a checkpoint; errors name the file."""
         return cls.from_state_dict(read_file(path), source=os.path.basename(os.fspath(path)))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+    def _weights(self) -> Tensor:
+        """Any parameter: where and in which dtype the weights are now.
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+        (Not `.device`/`.dtype` properties: ComfyUI's ModelPatcher sets attributes
+        with those names on the modules it manages.)
+        """
+        return next(self.parameters())
 
     @torch.no_grad()
     def project(self, features: Tensor) -> Tensor:
@@ -83,7 +83,8 @@ class IPAdapterModel(nn.Module):
 
         Runs in the weights' dtype on the weights' device, as the reference does.
         """
-        out = self.image_proj(features.to(device=self.device, dtype=self.dtype))
+        weights = self._weights()
+        out = self.image_proj(features.to(device=weights.device, dtype=weights.dtype))
         return out.float()
 
     @torch.no_grad()

@@ -375,6 +375,13 @@ def comfy_eps(
     return (x.float() - denoised) / float(sigma)
 
 
+def _batched(value, batch: int, dtype: torch.dtype):
+    """Expand a tensor to `batch` rows and cast it; lists (IP-Adapter image_embeds) per element."""
+    if isinstance(value, (list, tuple)):
+        return [_batched(v, batch, dtype) for v in value]
+    return (value.expand(batch, *value.shape[1:]) if value.shape[0] != batch else value).to(dtype)
+
+
 def diffusers_eps(
     unet,
     x: torch.Tensor,
@@ -401,8 +408,7 @@ def diffusers_eps(
     kwargs = {}
     if added_cond_kwargs is not None:
         kwargs["added_cond_kwargs"] = {
-            k: (v.expand(x.shape[0], *v.shape[1:]) if v.shape[0] != x.shape[0] else v).to(dtype)
-            for k, v in added_cond_kwargs.items()
+            k: _batched(v, x.shape[0], dtype) for k, v in added_cond_kwargs.items()
         }
     with torch.no_grad():
         out = unet(x.to(dtype), t, encoder_hidden_states=ctx.to(dtype), **kwargs).sample
