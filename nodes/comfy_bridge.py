@@ -77,13 +77,13 @@ def check_model_fits(model: comfy.model_patcher.ModelPatcher, spec: AdapterSpec,
     """Refuse an adapter whose layers do not match the UNet (SD1.5 vs SDXL, or another architecture)."""
     available = unet_slots(model)
     wanted = layout.slot_for_layer(spec.base)
-    other = "SDXL" if spec.base.value == "SD1.5" else "SD1.5"
     if len(available) != len(wanted) or any(slot not in available for slot in wanted.values()):
+        looks_like = {16: "SD1.5", 70: "SDXL"}.get(len(available), "another architecture")
         raise ImagePromptError(
             f"ApplyIPAdapter: '{adapter_name}' is a {spec.base.value} adapter ({len(wanted)} cross-attention "
-            f"layers), but the model has {len(available)} cross-attention layers"
-            f"{' (looks like ' + other + ')' if len(available) in (16, 70) else ''}. "
-            f"Load a {spec.base.value} checkpoint, or pick an adapter made for this model."
+            f"layers at the {spec.base.value} positions), but the model has {len(available)} cross-attention "
+            f"layers (looks like {looks_like}). Load a {spec.base.value} checkpoint, or pick an adapter made "
+            "for this model."
         )
     for (index, slot), width in zip(wanted.items(), spec.layer_widths):
         if available[slot] != width:
