@@ -20,14 +20,14 @@ CFG, WEIGHT, TIMESTEP = 3.0, 0.8, 500
 
 CASES = [
     ("sd15", "ip-adapter_sd15"),
+    ("sd15", "ip-adapter-plus_sd15", 2),  # two reference images: tokens side by side, one softmax
     ("sd15", "ip-adapter-plus_sd15"),
     ("sd15", "ip-adapter-full-face_sd15"),
+    ("sd15", "ip-adapter_sd15_vit-G"),
+    ("sdxl", "ip-adapter_sdxl"),
     ("sdxl", "ip-adapter_sdxl_vit-h"),
     ("sdxl", "ip-adapter-plus_sdxl_vit-h"),
 ]
-
-PARITY: dict[str, float] = {}  # variant -> max abs difference, printed at the end for the record
-
 
 def _diffusers_with_adapter(model, adapter_file, weight: float):
     attention_processor = pytest.importorskip("diffusers.models.attention_processor")
@@ -40,14 +40,18 @@ def _diffusers_with_adapter(model, adapter_file, weight: float):
     return unet, len(processors)
 
 
-@pytest.mark.parametrize("base,variant", CASES)
-def test_noise_prediction_matches_diffusers(comfy, model_dirs, tmp_path, base: str, variant: str) -> None:
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_noise_prediction_matches_diffusers(comfy, model_dirs, tmp_path, case: tuple) -> None:
+    base, variant, images = (*case, 1)[:3]
     model = unets.comfy_sd15_model(seed=11) if base == "sd15" else unets.comfy_sdxl_model(seed=11)
     adapter_file = checkpoints.save_safetensors(
         checkpoints.ip_adapter_state_dict(variant, "small", seed=4), model_dirs["ipadapter"] / f"{variant}.safetensors")
-    clip_vision = tiny_comfy_clip_vision(tmp_path, hidden=1280, projection_dim=1024, seed=2)
+    facts = checkpoints.expected(variant)
+    widths = ({"hidden": 1280, "projection_dim": facts["clip_dim"]} if facts["feature"] == "image_embeds"
+              else {"hidden": facts["clip_dim"], "projection_dim": 1024})
+    clip_vision = tiny_comfy_clip_vision(tmp_path, seed=2, **widths)
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 160, 200, 3, generator=g)
+    image = torch.rand(images, 160, 200, 3, generator=g)
 
     (adapter,) = run_node("LoadIPAdapter", adapter_name=adapter_file.name)
     (prompt,) = run_node("EncodeImagePrompt", ip_adapter=adapter, clip_vision=clip_vision, image=image,
@@ -67,9 +71,8 @@ def test_noise_prediction_matches_diffusers(comfy, model_dirs, tmp_path, base: s
 
     unet, processor_count = _diffusers_with_adapter(model, adapter_file, WEIGHT)
     assert processor_count == (16 if base == "sd15" else 70)
-    feature = "image_embeds" if "plus" not in variant and "full-face" not in variant else "penultimate_hidden_states"
-    cond, uncond = reference_features(clip_vision, image, feature)
-    added = {"image_embeds": [torch.cat([uncond, cond]).unsqueeze(1)]}  # [rows, images, ...]
+    cond, uncond = reference_features(clip_vision, image, facts["feature"])
+    added = {"image_embeds": [torch.stack([uncond, cond])]}  # [rows (uncond, cond), images, ...]
     if base == "sdxl":
         added.update(unets.sdxl_added_cond_kwargs(torch.cat([pooled[0], pooled[1]]), 128, 128))
     eps = unets.diffusers_eps(unet, x.repeat(2, 1, 1, 1), TIMESTEP, torch.cat([negative, positive]), added,
@@ -77,7 +80,6 @@ def test_noise_prediction_matches_diffusers(comfy, model_dirs, tmp_path, base: s
     reference = eps[0:1] + CFG * (eps[1:2] - eps[0:1])
 
     difference = (ours - reference).abs().max().item()
-    PARITY[variant] = difference
-    print(f"\nparity {base} {variant}: max abs {difference:.2e}, image effect {(ours - plain).abs().max():.3f}")
+    print(f"\nparity {base} {variant} x{images}: max abs {difference:.2e}, image effect {(ours - plain).abs().max():.3f}")
     assert difference < 1e-4
     assert (ours - plain).abs().max() > 1e-2  # the image prompt really acts
