@@ -34,13 +34,3 @@ def pad_to_square(image: Tensor, value: float = 0.0) -> Tensor:
     out[:, top:top + height, left:left + width] = image
     return out
 
-
-def downscale_longest_side(image: Tensor, limit: int) -> Tensor:
-    """Shrink [B, H, W, C] so its longest side is at most `limit` (area filter), else return it."""
-    _, height, width, _ = image.shape
-    if max(height, width) <= limit:
-        return image
-    scale = limit / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    resized = torch.nn.functional.interpolate(image.movedim(-1, 1), size=size, mode="area")
-    return resized.movedim(1, -1)
