@@ -164,3 +164,14 @@ def test_zero_weight_layers_get_no_patch(adapter) -> None:
     branch = ImageBranch(adapter, _prompt(adapter, 1), 1.0, layer_weights={1: 0.0, 3: 0.0})
     made = slot_patches(branch, {1: "a", 3: "b", 5: "c"}, lambda slot: None, sdpa_attention)
     assert [slot for slot, _ in made] == ["c"]
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_patch_keeps_the_unet_compute_dtype(adapter, dtype: torch.dtype, tolerance: float) -> None:
+    patch = SlotPatch(ImageBranch(adapter, _prompt(adapter, 1), 0.8), LAYER, sdpa_attention)
+    q, k, v = _qkv(2)
+    options = _options([1, 0], [1.0])
+    reference = patch(q, k, v, options)
+    low = patch(q.to(dtype), k.to(dtype), v.to(dtype), options)
+    assert low.dtype == dtype and torch.isfinite(low).all()
+    assert (low.float() - reference).abs().max() < tolerance
