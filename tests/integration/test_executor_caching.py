@@ -1,0 +1,80 @@
+"""Through ComfyUI's real executor: changing only weight or schedule never re-runs the CLIP encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support import checkpoints, unets
+from support.comfy_clip import tiny_comfy_clip_vision
+from support.comfy_harness import PromptRunner
+
+
+class _Source:
+    """Test-only V1 nodes that hand in-memory objects to the executor (ComfyUI's loaders need full-size files)."""
+
+    RETURN_TYPES: tuple = ()
+    FUNCTION = "get"
+    CATEGORY = "testing"
+    value = None
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def get(self):
+        return (type(self).value,)
+
+
+@pytest.fixture
+def test_nodes(comfy, tmp_path):
+    clip_vision = tiny_comfy_clip_vision(tmp_path, hidden=1280, projection_dim=1024)
+    calls = []
+    encode = clip_vision.encode_image
+    clip_vision.encode_image = lambda *a, **kw: calls.append(1) or encode(*a, **kw)
+    made = {
+        "IPATestModel": type("IPATestModel", (_Source,), {"RETURN_TYPES": ("MODEL",),
+                                                          "value": unets.comfy_sd15_model(seed=1)}),
+        "IPATestClipVision": type("IPATestClipVision", (_Source,), {"RETURN_TYPES": ("CLIP_VISION",),
+                                                                    "value": clip_vision}),
+        "IPATestImage": type("IPATestImage", (_Source,), {"RETURN_TYPES": ("IMAGE",),
+                                                          "value": torch.rand(1, 64, 64, 3)}),
+    }
+    comfy.nodes.NODE_CLASS_MAPPINGS.update(made)
+    yield calls
+    for name in made:
+        comfy.nodes.NODE_CLASS_MAPPINGS.pop(name, None)
+
+
+def _prompt(adapter_name: str, weight: float, end: float) -> dict:
+    return {
+        "1": {"class_type": "IPATestModel", "inputs": {}},
+        "2": {"class_type": "IPATestClipVision", "inputs": {}},
+        "3": {"class_type": "IPATestImage", "inputs": {}},
+        "4": {"class_type": "LoadIPAdapter", "inputs": {"adapter_name": adapter_name}},
+        "5": {"class_type": "EncodeImagePrompt",
+              "inputs": {"ip_adapter": ["4", 0], "clip_vision": ["2", 0], "image": ["3", 0], "fit": "center crop"}},
+        "6": {"class_type": "ApplyIPAdapter",
+              "inputs": {"model": ["1", 0], "ip_adapter": ["4", 0], "image_prompt": ["5", 0], "weight": weight,
+                         "start_percent": 0.0, "end_percent": end}},
+    }
+
+
+def test_weight_and_schedule_changes_reuse_the_encoding(comfy, model_dirs, test_nodes) -> None:
+    path = checkpoints.save_safetensors(checkpoints.ip_adapter_state_dict("ip-adapter_sd15"),
+                                        model_dirs["ipadapter"] / "cache.safetensors")
+    runner = PromptRunner()
+    first = runner.run(_prompt(path.name, 1.0, 1.0), targets=["6"])
+    assert "5" in first.executed and len(test_nodes) == 1
+    for weight, end in ((0.4, 1.0), (0.4, 0.5), (1.7, 0.8)):
+        result = runner.run(_prompt(path.name, weight, end), targets=["6"])
+        assert result.executed == ["6"], result.executed
+        assert "5" in result.cached
+    assert len(test_nodes) == 1  # the CLIP vision tower ran once for four queued prompts
+
+
+def test_out_of_range_weight_is_rejected_by_validation(comfy, model_dirs, test_nodes) -> None:
+    path = checkpoints.save_safetensors(checkpoints.ip_adapter_state_dict("ip-adapter_sd15"),
+                                        model_dirs["ipadapter"] / "range.safetensors")
+    with pytest.raises(Exception, match="weight"):
+        PromptRunner().run(_prompt(path.name, 7.5, 1.0), targets=["6"])
+    assert test_nodes == []
