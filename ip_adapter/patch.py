@@ -47,6 +47,7 @@ class ImageBranch:
     layer_weights: dict[int, float] = field(default_factory=dict)
     models: tuple[Any, ...] = ()
     _kv: dict = field(default_factory=dict, repr=False)
+    _rows: dict = field(default_factory=dict, repr=False)
 
     def __deepcopy__(self, memo: dict) -> "ImageBranch":
         return self
@@ -63,6 +64,22 @@ class ImageBranch:
             self._kv[key] = {i: (*cond[i], *uncond[i]) for i in cond}
         return self._kv[key][index]
 
+    def rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
+             dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Image K and V laid out like ComfyUI's q batch for layer `index`.
+
+        The layout only changes when the batch composition does, so the last one is
+        kept per layer: sampling steps then allocate nothing here.
+        """
+        key = (tuple(chunks), batch, device, dtype)
+        cached = self._rows.get(index)
+        if cached is None or cached[0] != key:
+            k_cond, v_cond, k_uncond, v_uncond = self.kv(index, device, dtype)
+            cached = (key, assemble_rows(chunks, batch, k_cond, k_uncond),
+                      assemble_rows(chunks, batch, v_cond, v_uncond))
+            self._rows[index] = cached
+        return cached[1], cached[2]
+
     def release_except(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the patch)."""
         def same(cached: torch.device) -> bool:
@@ -70,6 +87,8 @@ class ImageBranch:
 
         for key in [k for k in self._kv if not same(k[0])]:
             del self._kv[key]
+        for index in [i for i, (key, _, _) in self._rows.items() if not same(key[2])]:
+            del self._rows[index]
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,9 +120,7 @@ class SlotPatch:
             return out
         chunks: Sequence[int] = extra_options["cond_or_uncond"]
         batch = q.shape[0] // len(chunks)
-        k_cond, v_cond, k_uncond, v_uncond = self.branch.kv(self.layer_index, q.device, q.dtype)
-        k_ip = assemble_rows(chunks, batch, k_cond, k_uncond)
-        v_ip = assemble_rows(chunks, batch, v_cond, v_uncond)
+        k_ip, v_ip = self.branch.rows(self.layer_index, chunks, batch, q.device, q.dtype)
         term = image_term(q, k_ip, v_ip, heads, self.attention, attn_precision=precision,
                           transformer_options=extra_options)
         if self.branch.window is None:

@@ -175,3 +175,15 @@ def test_patch_keeps_the_unet_compute_dtype(adapter, dtype: torch.dtype, toleran
     low = patch(q.to(dtype), k.to(dtype), v.to(dtype), options)
     assert low.dtype == dtype and torch.isfinite(low).all()
     assert (low.float() - reference).abs().max() < tolerance
+
+
+def test_image_rows_are_reused_across_steps_and_rebuilt_when_the_batch_changes(adapter) -> None:
+    branch = ImageBranch(adapter, _prompt(adapter, 1), 1.0)
+    patch = SlotPatch(branch, LAYER, sdpa_attention)
+    q, k, v = _qkv(4)
+    patch(q, k, v, _options([1, 0], [1.0, 1.0]))
+    first = branch._rows[LAYER][1]
+    patch(q, k, v, _options([1, 0], [2.0, 2.0]))
+    assert branch._rows[LAYER][1] is first  # same storage, no per-step allocation
+    patch(q[:2], k[:2], v[:2], _options([0], [1.0, 1.0]))  # cfg 1: cond rows only
+    assert branch._rows[LAYER][1] is not first and branch._rows[LAYER][1].shape[0] == 2
