@@ -7,12 +7,13 @@ from comfy_api.latest import ComfyExtension, io
 from .apply import ApplyIPAdapter
 from .encode import EncodeImagePrompt
 from .loader import LoadIPAdapter
+from .score import SCORING_NODES
 
-NODES: list[type[io.ComfyNode]] = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter]
+NODES: list[type[io.ComfyNode]] = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, *SCORING_NODES]
 
 
 class IPAdapterExtension(ComfyExtension):
-    """Lists the pack's nodes, registering its model folder first.
+    """Lists the pack's nodes, registering its model folders first.
 
     ComfyUI 0.8.0 builds each node's schema (and so the adapter file list) right
     after `get_node_list`, and does not call `on_load`; the folder is registered here.
@@ -21,7 +22,8 @@ class IPAdapterExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         import folder_paths
 
-        from ..utils.model_folders import register_model_folder
+        from ..utils.model_folders import CLIP_SCORING_FOLDER, IPADAPTER_FOLDER, register_model_folder
 
-        register_model_folder(folder_paths)
+        for name in (IPADAPTER_FOLDER, CLIP_SCORING_FOLDER):
+            register_model_folder(folder_paths, name)
         return NODES

@@ -6,6 +6,8 @@ import os
 from types import ModuleType
 
 IPADAPTER_FOLDER = "ipadapter"
+#: Full OpenCLIP checkpoints (both towers) for the ScoreImagePrompt node (CLIP-I / CLIP-T).
+CLIP_SCORING_FOLDER = "clip_scoring"
 ADAPTER_EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth"}
 
 
