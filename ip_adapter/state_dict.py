@@ -14,19 +14,15 @@ lacks, are reported by name.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor
 
 from . import layout
 from .errors import AdapterFormatError
 from .spec import AdapterSpec, BaseModel, EncoderFeature, ProjectionKind
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+from .tensor_files import read_tensor_file
 
 _LAYER_KEY = re.compile(r"^ip_adapter\.(\d+)\.(to_k_ip|to_v_ip)\.weight$")
 _CROSS_DIMS = {BaseModel.SD15: 768, BaseModel.SDXL: 2048}
@@ -45,29 +41,9 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     Raises AdapterFormatError naming the file when it is missing, truncated,
     not a tensor file, or a pickle that carries more than tensors.
     """
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise AdapterFormatError(f"IP-Adapter file not found: {path}")
-    lower = name.lower()
-    try:
-        if lower.endswith(PICKLE_SUFFIXES):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            from safetensors.torch import load_file
-
-            data = load_file(path, device="cpu")
-    except pickle.UnpicklingError as exc:
-        raise AdapterFormatError(
-            f"Refused to load '{name}': it is a pickle that contains more than tensors "
-            f"({str(exc).splitlines()[0][:200]}). Pickles can run code when loaded; use the "
-            "'.safetensors' release of this adapter instead."
-        ) from None
-    except Exception as exc:  # safetensors and zip errors have many types
-        raise AdapterFormatError(
-            f"Could not read IP-Adapter file '{name}': {type(exc).__name__}: {str(exc)[:200]}. "
-            "The file is truncated or not a checkpoint; download it again."
-        ) from None
+    name = os.path.basename(os.fspath(path))
+    data = read_tensor_file(path, what="IP-Adapter file", error=AdapterFormatError,
+                            safer="use the '.safetensors' release of this adapter instead.")
     return flatten(data, source=name)
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..ip_adapter.scoring.metrics import PAIRINGS
 from ..ip_adapter.scoring.report import Row, format_table, plot_scores, to_dict
 from ..ip_adapter.scoring.scorer import ACTIVATIONS, CLIPScorer, load_scorer
-from ..utils.model_folders import CLIP_SCORING_FOLDER, register_model_folder
+from ..utils.model_folders import CLIP_SCORING_FOLDER
 
 logger = logging.getLogger(__name__)
 

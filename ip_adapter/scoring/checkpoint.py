@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..tensor_files import read_tensor_file
 
 #: open_clip configs (bundled JSON, no download) that `infer_architecture` recognises.
 KNOWN_ARCHITECTURES: tuple[str, ...] = (
@@ -37,7 +38,6 @@ KNOWN_ARCHITECTURES: tuple[str, ...] = (
 #: OpenAI weights, which were trained with QuickGELU).
 OPENAI_EXTRA_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 _VISION_REQUIRED = ("visual.class_embedding", "visual.conv1.weight", "visual.positional_embedding",
                     "visual.ln_pre.weight", "visual.ln_post.weight", "visual.proj")
@@ -100,32 +100,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     Accepts `.safetensors` and pickles (`.bin/.pt/.pth/.ckpt`, weights only), a
     training checkpoint's `{"state_dict": ...}` wrapper and DDP's `module.` prefix.
     """
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise ScorerFormatError(f"CLIP scoring checkpoint not found: {path}")
-    try:
-        if name.lower().endswith(PICKLE_SUFFIXES):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            from safetensors.torch import load_file
-
-            data = load_file(path, device="cpu")
-    except pickle.UnpicklingError as exc:
-        raise ScorerFormatError(
-            f"Refused to load '{name}': it is a pickle that contains more than tensors "
-            f"({str(exc).splitlines()[0][:200]}). Use the '.safetensors' release of this model."
-        ) from None
-    except Exception as exc:  # safetensors and zip errors have many types
-        if "TorchScript" in str(exc):
-            raise ScorerFormatError(
-                f"'{name}' is a TorchScript archive (like OpenAI's original ViT-L-14.pt); it is not read because "
-                "loading it runs code. Use the same weights in the OpenCLIP layout (.safetensors or .bin)."
-            ) from None
-        raise ScorerFormatError(
-            f"Could not read CLIP scoring checkpoint '{name}': {type(exc).__name__}: {str(exc)[:200]}. "
-            "The file is truncated or not a checkpoint."
-        ) from None
+    name = os.path.basename(os.fspath(path))
+    data = read_tensor_file(path, what="CLIP scoring checkpoint", error=ScorerFormatError,
+                            safer="use the same weights in the OpenCLIP layout as .safetensors (or a plain .bin).")
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
         data = data["state_dict"]
     if not isinstance(data, Mapping):

@@ -30,7 +30,7 @@ How the two noise predictions are made comparable (what the parity tests compare
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
