@@ -89,7 +89,7 @@ def check_model_fits(model: comfy.model_patcher.ModelPatcher, spec: AdapterSpec,
         if available[slot] != width:
             raise ImagePromptError(
                 f"ApplyIPAdapter: '{adapter_name}' layer {index} is {width} wide but the model's "
-                f"{slot} attention is {available[slot]} wide; this adapter is for another model."
+                f"{tuple(slot)} attention is {available[slot]} wide; this adapter is for another model."
             )
 
 
