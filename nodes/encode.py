@@ -8,17 +8,14 @@ from torch import Tensor
 from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.prompt import ImagePrompt, concat_images
 from ..ip_adapter.spec import ENCODER_FILES, EncoderFeature
-from ..utils.images import FIT_MODES, pad_to_square, to_rgb
+from ..utils.images import FIT_MODES, check_image_batch, pad_to_square, to_rgb
 from . import comfy_bridge
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 
 def _prepared(image: Tensor, fit: str, what: str) -> Tensor:
     """Validate an IMAGE input and make it RGB and (for 'pad') square."""
-    if image.ndim != 4 or image.shape[0] == 0:
-        raise ImagePromptError(f"EncodeImagePrompt: '{what}' is an empty image batch; connect at least one image.")
-    if image.shape[-1] not in (1, 2, 3, 4):
-        raise ImagePromptError(f"EncodeImagePrompt: '{what}' has {image.shape[-1]} channels; expected RGB(A) or gray.")
+    check_image_batch(image, "EncodeImagePrompt", what)
     image = to_rgb(image.float())
     return pad_to_square(image) if fit == "pad" else image
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..ip_adapter.scoring.metrics import PAIRINGS
 from ..ip_adapter.scoring.report import Row, format_table, plot_scores, to_dict
 from ..ip_adapter.scoring.scorer import ACTIVATIONS, CLIPScorer, load_scorer
+from ..utils.images import check_image_batch
 from ..utils.model_folders import CLIP_SCORING_FOLDER
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,7 @@ def _dtype(precision: str) -> torch.dtype:
 
 
 def _image(image: Tensor | None, what: str) -> Tensor:
-    if image is None or image.ndim != 4 or image.shape[0] == 0:
-        raise ValueError(f"ScoreImagePrompt: '{what}' is an empty image batch; connect at least one image.")
-    if image.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"ScoreImagePrompt: '{what}' has {image.shape[-1]} channels; expected RGB(A) or gray.")
-    return image
+    return check_image_batch(image, "ScoreImagePrompt", what)
 
 
 class LoadCLIPScorer(io.ComfyNode):

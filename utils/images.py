@@ -33,3 +33,12 @@ def pad_to_square(image: Tensor, value: float = 0.0) -> Tensor:
     out[:, top:top + height, left:left + width] = image
     return out
 
+
+
+def check_image_batch(image: Tensor | None, node: str, what: str) -> Tensor:
+    """Refuse an empty or odd IMAGE input with a message naming the node and input."""
+    if image is None or image.ndim != 4 or image.shape[0] == 0:
+        raise ValueError(f"{node}: '{what}' is an empty image batch; connect at least one image.")
+    if image.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"{node}: '{what}' has {image.shape[-1]} channels; expected RGB(A) or gray.")
+    return image
