@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support.comfy_harness import REPO_ROOT, PromptRunner
+from support.comfy_harness import REPO_ROOT
+from support.comfy_prompts import PromptRunner
 
 API_WORKFLOWS = sorted((REPO_ROOT / "workflows" / "api").glob("*.json"))
 FILE_INPUTS = {  # widget -> model folder whose file list it is validated against

@@ -6,7 +6,7 @@ import pytest
 import torch
 from support import checkpoints, unets
 from support.comfy_clip import tiny_comfy_clip_vision
-from support.comfy_harness import PromptRunner
+from support.comfy_prompts import PromptRunner
 
 
 class _Source:

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from support import comfy_harness, unets
+from support import comfy_harness, comfy_prompts, unets
 
 LATENT = 16  # 16x16 latent = 128 px
 BATCH = 2
@@ -178,7 +178,7 @@ def test_run_prompt_uses_the_executor_cache(comfy_runtime):
         "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "2": {"class_type": "LatentAdd", "inputs": {"samples1": ["1", 0], "samples2": ["1", 0]}},
     }
-    runner = comfy_harness.PromptRunner()
+    runner = comfy_prompts.PromptRunner()
     first = runner.run(prompt, targets=["2"])
     assert first.executed == ["1", "2"] and first.cached == []
     assert first.output("2")["samples"].shape == (1, 4, 8, 8)

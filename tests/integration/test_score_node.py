@@ -14,7 +14,8 @@ import math
 import pytest
 import torch
 from support import openclip_checkpoints as oc
-from support.comfy_harness import run_node, run_prompt
+from support.comfy_harness import run_node
+from support.comfy_prompts import run_prompt
 
 FOLDER = "clip_scoring"
 
