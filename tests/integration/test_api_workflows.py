@@ -24,6 +24,7 @@ def test_there_are_api_workflows() -> None:
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
 def test_api_workflow_validates(comfy, model_dirs, tmp_path, path: Path) -> None:
     prompt = json.loads(path.read_text())
+    comfy.load_builtin_extras()  # comfy_extras nodes such as Canny, as a server registers them at start
     fp = comfy.folder_paths
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
