@@ -26,10 +26,7 @@ from PIL import Image
 from support import workflow_files as wf
 from support.comfy_harness import REPO_ROOT
 
-try:  # being moved out of comfy_harness
-    from support.comfy_prompts import PromptRunner
-except ImportError:  # pragma: no cover
-    from support.comfy_harness import PromptRunner
+from support.comfy_prompts import PromptRunner
 
 UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
