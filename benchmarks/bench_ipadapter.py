@@ -101,6 +101,16 @@ class Step:
         return time.perf_counter() - start, out
 
 
+def _step_inputs(model, base: str, latent: int, device: str, dtype: torch.dtype) -> "Step":
+    """One fixed cond+uncond batch (x, sigma, text context, SDXL pooled) shared by every timed variant."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
+    context = torch.randn(2, 77, checkpoints.CROSS_ATTENTION_DIM[base], generator=g).to(device, dtype)
+    pooled = torch.randn(2, 1280, generator=g).to(device, dtype) if base == "sdxl" else None
+    sigma = torch.full((2,), unets.sigma_for_timestep(model, 500), device=device)
+    return Step(x, sigma, context, pooled)
+
+
 def _interleaved(models: dict[str, object], step: Step, device: str, warmup: int, repeats: int) -> dict:
     """Time every model once per round, rounds repeated; also the peak memory of one call each."""
     outputs = {}
@@ -203,12 +213,8 @@ def bench_topology(base: str, latent: int, channels: int, args, folder: Path, cl
     for m in models.values():
         mm.load_models_gpu([m])  # also loads the adapters (patch.models()) as sampling would
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
-    context = torch.randn(2, 77, checkpoints.CROSS_ATTENTION_DIM[base], generator=g).to(device, dtype)
-    pooled = torch.randn(2, 1280, generator=g).to(device, dtype) if base == "sdxl" else None
-    sigma = torch.full((2,), unets.sigma_for_timestep(model, 500), device=device)
-    timings = _interleaved(models, Step(x, sigma, context, pooled), device, args.warmup, args.repeats)
+    step = _step_inputs(model, base, latent, device, dtype)
+    timings = _interleaved(models, step, device, args.warmup, args.repeats)
 
     mm.unload_all_models()
     mm.soft_empty_cache()
@@ -279,12 +285,8 @@ def bench_other_pack(pack: Path, base: str, latent: int, channels: int, args, fo
                 models[f"{kind} x{count}"] = current
     for m in models.values():
         mm.load_models_gpu([m])
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
-    context = torch.randn(2, 77, checkpoints.CROSS_ATTENTION_DIM[base], generator=g).to(device, dtype)
-    pooled = torch.randn(2, 1280, generator=g).to(device, dtype) if base == "sdxl" else None
-    sigma = torch.full((2,), unets.sigma_for_timestep(model, 500), device=device)
-    timings = _interleaved(models, Step(x, sigma, context, pooled), device, args.warmup, args.repeats)
+    step = _step_inputs(model, base, latent, device, dtype)
+    timings = _interleaved(models, step, device, args.warmup, args.repeats)
     mm.unload_all_models()
     return {"pack": pack.name, "measured": True, "base": base, "latent": latent, "model_channels": channels,
             "adapter_load_s": loads, "step": timings}
