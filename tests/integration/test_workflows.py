@@ -25,13 +25,12 @@ import pytest
 from PIL import Image
 from support import workflow_files as wf
 from support.comfy_harness import REPO_ROOT
-
 from support.comfy_prompts import PromptRunner
 
 UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
     "sd15_image_prompt", "sdxl_image_prompt", "sd15_plus_image_text", "sd15_image_prompt_controlnet",
-    "sd15_img2img_image_prompt", "sd15_two_adapters",
+    "sd15_img2img_image_prompt", "sd15_two_adapters", "sd15_inpaint_image_prompt",
 }
 #: comfy_extras modules whose nodes the workflows use (not registered by ``nodes.py`` itself).
 EXTRAS = ["nodes_canny.py"]
