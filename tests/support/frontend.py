@@ -178,7 +178,7 @@ def open_frontend(url: str, timeout_s: float = 120) -> Iterator[Frontend]:
                 viewport={"width": 1600, "height": 1000},
             )
         except PlaywrightError as exc:
-            raise BrowserUnavailable(f"Chromium at {find_chromium()} did not start: {exc}") from exc
+            raise BrowserUnavailable(f"Chromium at {find_chromium()} did not start: {str(exc).splitlines()[0]}") from exc
         try:
             context.set_default_timeout(timeout_s * 1000)
             page = context.pages[0] if context.pages else context.new_page()
