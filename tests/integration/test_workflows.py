@@ -226,7 +226,8 @@ def test_comfyui_lists_the_workflows_as_templates(comfy_nodes, tmp_path) -> None
     folder holding this pack. It scans ``custom_nodes/*/<name>/*.json`` for ``name`` in
     ``example_workflows, example, examples, workflow, workflows``: ``workflows/`` is accepted
     (logged at debug level with a hint to rename it ``example_workflows``), and only top-level
-    files count, so the ``api/`` twins are not listed as templates.
+    files count, so the ``api/`` twins are not listed as templates. ``test_frontend.py`` checks the
+    same from a real server and in the frontend's template browser.
     """
     from aiohttp import web
     from app.custom_node_manager import CustomNodeManager
