@@ -25,13 +25,12 @@ import pytest
 from PIL import Image
 from support import workflow_files as wf
 from support.comfy_harness import REPO_ROOT
-
 from support.comfy_prompts import PromptRunner
 
 UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
     "sd15_image_prompt", "sdxl_image_prompt", "sd15_plus_image_text", "sd15_image_prompt_controlnet",
-    "sd15_img2img_image_prompt", "sd15_two_adapters",
+    "sd15_img2img_image_prompt", "sd15_two_adapters", "sd15_inpaint_image_prompt",
 }
 #: comfy_extras modules whose nodes the workflows use (not registered by ``nodes.py`` itself).
 EXTRAS = ["nodes_canny.py"]
@@ -227,7 +226,8 @@ def test_comfyui_lists_the_workflows_as_templates(comfy_nodes, tmp_path) -> None
     folder holding this pack. It scans ``custom_nodes/*/<name>/*.json`` for ``name`` in
     ``example_workflows, example, examples, workflow, workflows``: ``workflows/`` is accepted
     (logged at debug level with a hint to rename it ``example_workflows``), and only top-level
-    files count, so the ``api/`` twins are not listed as templates.
+    files count, so the ``api/`` twins are not listed as templates. ``test_frontend.py`` checks the
+    same from a real server and in the frontend's template browser.
     """
     from aiohttp import web
     from app.custom_node_manager import CustomNodeManager
