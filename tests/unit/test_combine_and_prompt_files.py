@@ -6,9 +6,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from support import checkpoints
-
 from ipadapter_pack.ip_adapter.combine import (
     CombineMode,
     apply_image_weights,
@@ -19,7 +16,13 @@ from ipadapter_pack.ip_adapter.combine import (
 from ipadapter_pack.ip_adapter.errors import ImagePromptError
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
 from ipadapter_pack.ip_adapter.prompt import ImagePrompt, concat_images
-from ipadapter_pack.ip_adapter.prompt_file import load_image_prompt, save_image_prompt, spec_to_json
+from ipadapter_pack.ip_adapter.prompt_file import (
+    load_image_prompt,
+    save_image_prompt,
+    spec_to_json,
+)
+from safetensors.torch import load_file, save_file
+from support import checkpoints
 
 WHERE = "EncodeImagePrompt 'image_weights'"
 
