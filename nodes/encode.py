@@ -64,12 +64,14 @@ class EncodeImagePrompt(io.ComfyNode):
             display_name="Encode Image Prompt",
             category="ip_adapter",
             description="Encodes reference images with CLIP vision and projects them into the adapter's image "
-                        "tokens. Several images in the batch are concatenated into one prompt.",
+                        "tokens. Several images in the batch are concatenated into one prompt, or combined "
+                        "(add, subtract, average, norm average) as combine_embeds says.",
             inputs=[
                 IPAdapterSocket.Input("ip_adapter", tooltip="From Load IP-Adapter."),
                 io.ClipVision.Input("clip_vision", tooltip="From ComfyUI's Load CLIP Vision; must be the encoder "
                                                            "the adapter was trained with (see the README table)."),
-                io.Image.Input("image", tooltip="Reference image(s). A batch of several images is used together."),
+                io.Image.Input("image", tooltip="Reference image(s). A batch of several images makes one prompt (see "
+                                                        "combine_embeds)."),
                 io.Combo.Input("fit", options=list(FIT_MODES), default=FIT_MODES[0],
                                tooltip="How a non-square image becomes the encoder's square input: "
                                        "center crop (as the reference), pad (keep everything), or stretch."),

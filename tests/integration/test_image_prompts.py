@@ -186,3 +186,38 @@ def test_load_image_prompt_lists_the_input_folder_and_refuses_other_files(comfy,
         run_node("LoadImagePrompt", prompt_file="broken.image_prompt.safetensors")
     with pytest.raises(ValueError, match=r"LoadImagePrompt: '\.\./x\.image_prompt\.safetensors' is outside"):
         run_node("LoadImagePrompt", prompt_file="../x.image_prompt.safetensors")
+
+
+def test_prompts_without_the_new_inputs_still_validate_and_saved_prompts_run_through_the_executor(
+        comfy, model_dirs, clip_vision) -> None:
+    from PIL import Image
+    from support.comfy_prompts import PromptRunner
+
+    adapter = _adapter(model_dirs, "base")
+    (model_dirs["clip_vision"] / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors").write_bytes(b"")
+    Image.new("RGB", (32, 32)).save(f"{comfy.folder_paths.get_input_directory()}/reference.png")
+    old = {  # an API prompt saved before combine_embeds / image_weights existed
+        "1": {"class_type": "LoadIPAdapter", "inputs": {"adapter_name": "ip-adapter_sd15.safetensors"}},
+        "2": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "reference.png"}},
+        "4": {"class_type": "EncodeImagePrompt", "inputs": {"ip_adapter": ["1", 0], "clip_vision": ["2", 0],
+                                                           "image": ["3", 0], "fit": "center crop"}},
+        "5": {"class_type": "SaveImagePrompt", "inputs": {"image_prompt": ["4", 0], "filename_prefix": "x"}},
+    }
+    runner = PromptRunner()
+    assert runner.validate(old) == ["5"]
+
+    prompt = _encode(adapter, clip_vision, _images(1, 13))
+    run_node("SaveImagePrompt", image_prompt=prompt, filename_prefix="executor/first")
+    copy = {
+        "1": {"class_type": "LoadImagePrompt", "inputs": {"prompt_file": "executor/first_00001_.image_prompt.safetensors [output]"}},
+        "2": {"class_type": "SaveImagePrompt", "inputs": {"image_prompt": ["1", 0], "filename_prefix": "executor/second"}},
+    }
+    result = runner.run(copy)
+    assert result.executed == ["1", "2"]
+    (loaded,) = run_node("LoadImagePrompt", prompt_file="executor/second_00001_.image_prompt.safetensors [output]")
+    assert torch.equal(loaded.cond, prompt.cond) and torch.equal(loaded.uncond, prompt.uncond)
+    assert runner.run(copy).cached == ["1", "2"]  # unchanged file: served from the cache
+    with pytest.raises(Exception, match="prompt_file"):
+        runner.validate({"1": {"class_type": "LoadImagePrompt", "inputs": {"prompt_file": "../../etc/passwd"}},
+                         "2": copy["2"]})
