@@ -6,10 +6,15 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply import ApplyIPAdapter
 from .encode import EncodeImagePrompt
+from .from_clip_vision import ImagePromptFromCLIPVision
 from .loader import LoadIPAdapter
+from .prompt_files import LoadImagePrompt, SaveImagePrompt
 from .score import SCORING_NODES
 
-NODES: list[type[io.ComfyNode]] = [LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, *SCORING_NODES]
+NODES: list[type[io.ComfyNode]] = [
+    LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, ImagePromptFromCLIPVision, SaveImagePrompt, LoadImagePrompt,
+    *SCORING_NODES,
+]
 
 
 class IPAdapterExtension(ComfyExtension):

@@ -37,6 +37,16 @@ def encode(clip_vision: Any, image: Tensor, feature: EncoderFeature, crop: bool)
     return output[feature.value].float()
 
 
+def output_feature(output: Any, feature: EncoderFeature, where: str) -> Tensor:
+    """The adapter's feature from a CLIP_VISION_OUTPUT (what ComfyUI's CLIPVisionEncode returns)."""
+    value = getattr(output, feature.value, None)
+    if not isinstance(value, Tensor):
+        raise ImagePromptError(
+            f"{where} has no '{feature.value}' tensor; connect the output of ComfyUI's CLIP Vision Encode."
+        )
+    return value.to(comfy.model_management.intermediate_device()).float()
+
+
 def encode_zero_pixels(clip_vision: Any, feature: EncoderFeature, count: int) -> Tensor:
     """The encoding of an all-zero *normalised* pixel tensor (the authors' uncond for plus/full-face).
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 from comfy_api.latest import io
 from torch import Tensor
 
+from ..ip_adapter.combine import (
+    COMBINE_MODES,
+    CombineMode,
+    image_prompt_from_features,
+    parse_image_weights,
+)
 from ..ip_adapter.errors import ImagePromptError
-from ..ip_adapter.prompt import ImagePrompt, concat_images
 from ..ip_adapter.spec import ENCODER_FILES, EncoderFeature
 from ..utils.images import FIT_MODES, check_image_batch, pad_to_square, to_rgb
 from . import comfy_bridge
@@ -21,15 +26,34 @@ def _prepared(image: Tensor, fit: str, what: str) -> Tensor:
 
 
 def _features(adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: str, what: str) -> Tensor:
+    features = comfy_bridge.encode(clip_vision, image, adapter.spec.feature, crop=(fit != "stretch"))
+    check_feature_width(adapter, features, "EncodeImagePrompt", "clip_vision")
+    return features
+
+
+def check_feature_width(adapter: LoadedAdapter, features: Tensor, node: str, source: str) -> None:
+    """Refuse features from another CLIP vision tower than the adapter's, naming the file to load."""
     spec = adapter.spec
-    features = comfy_bridge.encode(clip_vision, image, spec.feature, crop=(fit != "stretch"))
     if features.shape[-1] != spec.clip_dim:
         raise ImagePromptError(
-            f"EncodeImagePrompt: '{adapter.name}' needs the {spec.encoder} CLIP vision model "
-            f"({spec.feature.value}, width {spec.clip_dim}), but the connected CLIP vision gives width "
+            f"{node}: '{adapter.name}' needs the {spec.encoder} CLIP vision model "
+            f"({spec.feature.value}, width {spec.clip_dim}), but '{source}' gives width "
             f"{features.shape[-1]}. Load {ENCODER_FILES.get(spec.encoder, spec.encoder)} with CLIPVisionLoader."
         )
-    return features
+
+
+#: Tooltips shared with the nodes that take the same inputs (ImagePromptFromCLIPVision).
+COMBINE_TOOLTIP = (
+    "How several reference images (a batch) become one prompt. concat: each image's tokens side by side "
+    "(default). add: sum. subtract: the first image minus the average of the others. average: mean. "
+    "norm average: mean of the images each divided by the images' joint norm (per element). All but concat "
+    "combine the CLIP features before the adapter's projection, as ComfyUI_IPAdapter_plus does; several "
+    "negative images are then averaged."
+)
+WEIGHTS_TOOLTIP = (
+    "Optional weight per reference image, in batch order, separated by commas: e.g. '1.0, 0.5' for two "
+    "images. Each image's CLIP features are multiplied by its weight before combining. Empty: all 1."
+)
 
 
 class EncodeImagePrompt(io.ComfyNode):
@@ -40,45 +64,49 @@ class EncodeImagePrompt(io.ComfyNode):
             display_name="Encode Image Prompt",
             category="ip_adapter",
             description="Encodes reference images with CLIP vision and projects them into the adapter's image "
-                        "tokens. Several images in the batch are concatenated into one prompt.",
+                        "tokens. Several images in the batch are concatenated into one prompt, or combined "
+                        "(add, subtract, average, norm average) as combine_embeds says.",
             inputs=[
                 IPAdapterSocket.Input("ip_adapter", tooltip="From Load IP-Adapter."),
                 io.ClipVision.Input("clip_vision", tooltip="From ComfyUI's Load CLIP Vision; must be the encoder "
                                                            "the adapter was trained with (see the README table)."),
-                io.Image.Input("image", tooltip="Reference image(s). A batch of several images is used together."),
+                io.Image.Input("image", tooltip="Reference image(s). A batch of several images makes one prompt (see "
+                                                        "combine_embeds)."),
                 io.Combo.Input("fit", options=list(FIT_MODES), default=FIT_MODES[0],
                                tooltip="How a non-square image becomes the encoder's square input: "
                                        "center crop (as the reference), pad (keep everything), or stretch."),
                 io.Image.Input("negative_image", optional=True,
                                tooltip="Optional: what to steer away from. Replaces the unconditional image "
-                                       "tokens (default: the reference's zero encoding)."),
+                                       "tokens (default: the reference's zero encoding). 1 image, or one per "
+                                       "reference image."),
+                io.Combo.Input("combine_embeds", options=list(COMBINE_MODES), default=CombineMode.CONCAT.value,
+                               optional=True, tooltip=COMBINE_TOOLTIP),
+                io.String.Input("image_weights", default="", optional=True, tooltip=WEIGHTS_TOOLTIP),
             ],
             outputs=[ImagePromptSocket.Output(display_name="image_prompt")],
         )
 
     @classmethod
     def execute(cls, ip_adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: str,
-                negative_image: Tensor | None = None) -> io.NodeOutput:
-        spec = ip_adapter.spec
+                negative_image: Tensor | None = None, combine_embeds: str = CombineMode.CONCAT.value,
+                image_weights: str = "") -> io.NodeOutput:
         cond = _features(ip_adapter, clip_vision, _prepared(image, fit, "image"), fit, "image")
-        count = cond.shape[0]
+        weights = parse_image_weights(image_weights, cond.shape[0], "EncodeImagePrompt 'image_weights'")
         if negative_image is not None:
             uncond = _features(ip_adapter, clip_vision, _prepared(negative_image, fit, "negative_image"), fit,
                                "negative_image")
-            if uncond.shape[0] not in (1, count):
-                raise ImagePromptError(
-                    f"EncodeImagePrompt: 'negative_image' has {uncond.shape[0]} images; give 1 or as many as "
-                    f"'image' ({count})."
-                )
-            uncond = uncond.expand(count, *uncond.shape[1:])
-        elif spec.feature is EncoderFeature.IMAGE_EMBEDS:
-            uncond = cond.new_zeros(cond.shape)
+            check_negative_count(uncond.shape[0], cond.shape[0], "EncodeImagePrompt", "negative_image", "image")
+        elif ip_adapter.spec.feature is EncoderFeature.IMAGE_EMBEDS:
+            uncond = None  # zeros
         else:
-            uncond = comfy_bridge.encode_zero_pixels(clip_vision, spec.feature, count)
+            uncond = comfy_bridge.encode_zero_pixels(clip_vision, ip_adapter.spec.feature, 1)
         comfy_bridge.load_for_projection(ip_adapter.patcher)
-        prompt = ImagePrompt(
-            cond=concat_images(ip_adapter.model.project(cond)).cpu(),
-            uncond=concat_images(ip_adapter.model.project(uncond)).cpu(),
-            spec=spec,
-        )
+        prompt = image_prompt_from_features(ip_adapter.model, cond, uncond, CombineMode(combine_embeds), weights)
         return io.NodeOutput(prompt)
+
+
+def check_negative_count(negatives: int, images: int, node: str, negative: str, image: str) -> None:
+    if negatives not in (1, images):
+        raise ImagePromptError(
+            f"{node}: '{negative}' has {negatives} images; give 1 or as many as '{image}' ({images})."
+        )
