@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import plan as planning
-from .client import Retry
+from .client import Retry, TransientError
 from .manifest import DONE, FAILED, Manifest
 from .runner import Options, prepare, run
 
@@ -98,12 +98,24 @@ def build(args: argparse.Namespace) -> planning.Plan:
 
 
 def _scorer(args: argparse.Namespace, plan: planning.Plan):
+    """A scorer that loads its model on first use (a resumed batch with nothing to run never
+    imports torch)."""
     if args.score_model is None:
         return None
-    from .scoring import make_scorer
-
+    if not args.score_model.is_file():
+        raise planning.PlanError(f"--score-model {args.score_model}: file not found")
     prompt_target = planning.resolve(plan.workflow, args.prompt_input) if args.prompt_input else None
-    return make_scorer(args.score_model, args.score_reference, args.score_text, prompt_target, args.score_activation)
+    loaded = []
+
+    def score(item: planning.Item, outputs: list[Path]) -> dict:
+        if not loaded:
+            from .scoring import make_scorer
+
+            loaded.append(make_scorer(args.score_model, args.score_reference, args.score_text, prompt_target,
+                                      args.score_activation))
+        return loaded[0](item, outputs)
+
+    return score
 
 
 def report(manifest: Manifest, summary: dict, ids: Sequence[str]) -> str:
@@ -132,12 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for prep in prepare(plan):
             print(prep.id, prep.item.inputs())
         return 0
+    try:
+        scorer = _scorer(args, plan)
+    except planning.PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     options = Options(server=args.server, manifest=args.manifest or args.out / "manifest.json", out_dir=args.out,
                       timeout=args.timeout, retries=args.retries, retry=Retry(), progress=not args.no_progress,
-                      include_temp=args.include_temp, scorer=_scorer(args, plan))
+                      include_temp=args.include_temp, scorer=scorer)
     try:
         manifest, summary = asyncio.run(run(plan, options, str(args.workflow)))
-    except ValueError as exc:  # unreadable manifest
+    except (ValueError, TransientError) as exc:  # unreadable manifest, server unreachable
         print(f"error: {exc}", file=sys.stderr)
         return 2
     ids = [p.id for p in prepare(plan)]

@@ -134,6 +134,7 @@ async def run(plan: planning.Plan, options: Options, workflow_path: str = "") ->
                  options.manifest, len(pending))
     if pending:
         async with ComfyClient(options.server, options.retry) as client:
+            await client.system_stats()  # unreachable: TransientError before any item is touched
             follower = Follower(client, uuid.uuid4().hex)
             await follower.connect()
             bar = _bar(len(pending), options.progress)
