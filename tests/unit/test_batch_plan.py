@@ -141,3 +141,16 @@ def test_manifest_resume_rules(tmp_path) -> None:
     (tmp_path / "m.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         Manifest.load(tmp_path / "m.json")
+
+
+def test_the_tool_runs_without_torch(images) -> None:
+    """Without --score-model the tool never imports torch (here: importing it would fail)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; from comfy_batch import cli; "
+            f"sys.exit(cli.main([{str(WORKFLOW)!r}, '--images', {str(images)!r}, '--seeds', '1,2', '--dry-run']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 4
