@@ -174,6 +174,11 @@ class ComfyClient:
         body = await self._request("GET", f"/history/{prompt_id}")
         return body.get(prompt_id)
 
+    async def queued(self) -> set[str]:
+        """Ids of the prompts running or waiting on the server (`GET /queue`)."""
+        body = await self._request("GET", "/queue")
+        return {entry[1] for key in ("queue_running", "queue_pending") for entry in body.get(key, [])}
+
     async def view(self, filename: str, subfolder: str, kind: str) -> bytes:
         params = {"filename": filename, "subfolder": subfolder, "type": kind}
         return await self._request("GET", "/view", params=params, read="bytes")

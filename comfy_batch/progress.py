@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .client import BatchError, ComfyClient, ExecutionError
+from .client import BatchError, ComfyClient, ExecutionError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,12 @@ class Follower:
         """Block until `prompt_id` finished; return its history entry or raise its error."""
         deadline = time.monotonic() + timeout
         finished = False
+        quiet = 0
         while time.monotonic() < deadline:
             event = await self._event()
+            quiet = quiet + 1 if event is None else 0
+            if quiet and quiet % 5 == 0:
+                await self._check_not_lost(prompt_id)
             if event is not None and event[1].get("prompt_id") == prompt_id:
                 kind, data = event
                 if kind == "progress" and on_progress is not None:
@@ -91,6 +95,12 @@ class Follower:
             if finished:
                 await asyncio.sleep(0.2)  # history is written just after the last event
         raise BatchError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+
+    async def _check_not_lost(self, prompt_id: str) -> None:
+        """A restarted server forgets its queue: neither queued nor in history means lost."""
+        if prompt_id not in await self.client.queued() and await self.client.history(prompt_id) is None:
+            raise TransientError(f"prompt {prompt_id} is neither queued nor finished on the server (restarted?)")
 
 
 def check_entry(entry: dict[str, Any]) -> dict[str, Any]:
