@@ -83,7 +83,8 @@ def comfy_server(request, tmp_path_factory) -> server_support.ComfyServer:
     if path is None:
         pytest.skip(comfy_harness.COMFYUI_NOT_FOUND)
     base = tmp_path_factory.mktemp("comfy_server")
-    server_support.write_tiny_models(base, cache_dir=request.config.cache.mkdir("tiny_models"))
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    server_support.write_tiny_models(base, cache_dir=cache.mkdir("tiny_models") if cache else None)
     with server_support.comfy_server(base, comfyui=path) as server:
         yield server
 

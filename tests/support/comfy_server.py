@@ -157,7 +157,7 @@ def write_tiny_models(base: Path, seed: int = 0, cache_dir: Path | None = None) 
     return paths
 
 
-def tiny_workflow(workflow: Mapping[str, Any], size: int = 64, steps: int = 2) -> dict[str, Any]:
+def tiny_workflow(workflow: Mapping[str, Any], size: int = 64, steps: int = 1) -> dict[str, Any]:
     """An API workflow adapted to `write_tiny_models`: test CLIP vision loader, small and short.
 
     Only what the tiny models need changes: `CLIPVisionLoader` -> `TinyCLIPVisionLoader` (same
