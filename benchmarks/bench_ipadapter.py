@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Test builders only; never the repo root (its nodes/ and utils/ would shadow ComfyUI's).
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench_other_pack import find_other_packs, load_other_pack, other_pack_models
+from bench_timing import interleaved, step_inputs, sync
 from support import checkpoints, comfy_harness, unets
 from support.comfy_clip import tiny_comfy_clip_vision
 
@@ -42,104 +42,14 @@ ADAPTERS = {
     "sdxl": {"base": "ip-adapter_sdxl_vit-h", "plus": "ip-adapter-plus_sdxl_vit-h"},
 }
 STACKS = (1, 3)
-
-
-# --------------------------------------------------------------------------------------------
-# measuring helpers
-# --------------------------------------------------------------------------------------------
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _reset_peak(device: str) -> None:
-    """Start a new high-water mark (CUDA allocator, or the process RSS via /proc/self/clear_refs)."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:  # Linux: "5" resets the RSS high-water mark that getrusage reports
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # the figure is then the process-lifetime high-water mark
-
-
-def _peak_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def _summary(times: list[float]) -> dict:
-    return {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3,
-            "max_ms": max(times) * 1e3, "runs": len(times)}
-
-
-class Step:
-    """One UNet call as `calc_cond_batch` makes it, for a loaded ModelPatcher."""
-
-    def __init__(self, x, sigma, context, pooled):
-        self.x, self.sigma, self.context, self.pooled = x, sigma, context, pooled
-
-    def __call__(self, model, device: str) -> tuple[float, torch.Tensor]:
-        options = dict(model.model_options.get("transformer_options", {}))
-        options["cond_or_uncond"] = [1, 0]
-        options["sigmas"] = self.sigma
-        extra = {}
-        if self.pooled is not None:
-            x = self.x
-            extra["y"] = model.model.encode_adm(pooled_output=self.pooled, width=x.shape[3] * 8,
-                                                height=x.shape[2] * 8, device=x.device)
-        _sync(device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.model.apply_model(self.x, self.sigma, c_crossattn=self.context,
-                                          transformer_options=options, **extra)
-        _sync(device)
-        return time.perf_counter() - start, out
-
-
-def _step_inputs(model, base: str, latent: int, device: str, dtype: torch.dtype) -> "Step":
-    """One fixed cond+uncond batch (x, sigma, text context, SDXL pooled) shared by every timed variant."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
-    context = torch.randn(2, 77, checkpoints.CROSS_ATTENTION_DIM[base], generator=g).to(device, dtype)
-    pooled = torch.randn(2, 1280, generator=g).to(device, dtype) if base == "sdxl" else None
-    sigma = torch.full((2,), unets.sigma_for_timestep(model, 500), device=device)
-    return Step(x, sigma, context, pooled)
-
-
-def _interleaved(models: dict[str, object], step: Step, device: str, warmup: int, repeats: int) -> dict:
-    """Time every model once per round, rounds repeated; also the peak memory of one call each."""
-    outputs = {}
-    for _ in range(warmup):
-        for name, m in models.items():
-            outputs[name] = step(m, device)[1]
-    plain = outputs["plain"].float()
-    changed = {name: float((o.float() - plain).abs().max()) for name, o in outputs.items() if name != "plain"}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, m in models.items():
-            times[name].append(step(m, device)[0])
-    peaks = {}
-    for name, m in models.items():
-        _reset_peak(device)
-        step(m, device)
-        peaks[name] = _peak_mb(device)
-    plain_med = statistics.median(times["plain"])
-    result = {}
-    for name, t in times.items():
-        row = {**_summary(t), "peak_memory_mb": peaks[name]}
-        if name != "plain":
-            row["overhead_pct"] = (statistics.median(t) / plain_med - 1.0) * 100
-            # Per-round ratios cancel slow drifts (thermal, other processes) that medians keep.
-            row["paired_overhead_pct"] = (statistics.median(
-                p / q for p, q in zip(t, times["plain"])) - 1.0) * 100
-            row["max_abs_change_vs_plain"] = changed[name]
-        result[name] = row
-    return result
+# (base, latent side, model_channels). CPU: tiny widths show the fixed per-layer cost; the last
+# size per base (the most work) is where the 1.5% target is judged. Its width is half the real
+# one, so the image branch's share of the arithmetic is close to the real model's (the share
+# grows as tokens / width), and the step is long enough to hide per-call costs.
+CPU_SIZES = (("sd15", 16, 32), ("sd15", 32, 32), ("sd15", 32, 160),
+             ("sdxl", 16, 32), ("sdxl", 32, 32), ("sdxl", 32, 96))
+CPU_QUICK_SIZES = (("sd15", 16, 32), ("sdxl", 16, 32))
+CUDA_SIZES = (("sd15", 64, 320), ("sdxl", 128, 320))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,129 +77,72 @@ def _clip_vision(device: str, folder: Path, base: str, kind: str, cache: dict):
     return cache[key]
 
 
-def bench_topology(base: str, latent: int, channels: int, args, folder: Path, clip_cache: dict) -> dict:
+def _adapter_file(folder: Path, variant: str, channels: int) -> str:
+    """fp16 .safetensors: the published image projection, K/V widths of this UNet (any pack can load it)."""
+    name = f"bench_{variant}_ch{channels}.safetensors"
+    if not (folder / name).exists():
+        sd = checkpoints.state_dict_for_unet_width(variant, channels, dtype=torch.float16)
+        checkpoints.save_safetensors(sd, folder / name)
+    return name
+
+
+def _encode_rate(adapter, clip_vision, count: int, device: str) -> tuple[object, float]:
+    """(image prompt, images/s) of one EncodeImagePrompt call on `count` images, after a warm-up call."""
+    images = torch.rand(count, 256, 256, 3, generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        sync(device)
+        start = time.perf_counter()
+        (prompt,) = comfy_harness.run_node("EncodeImagePrompt", ip_adapter=adapter, clip_vision=clip_vision,
+                                           image=images, fit="center crop")
+        sync(device)
+    return prompt, count / (time.perf_counter() - start)
+
+
+def bench_topology(base: str, latent: int, channels: int, args, folder: Path, clip_cache: dict,
+                   others: list[str]) -> dict:
+    """Our variants (and those of the usable other packs) on one UNet, timed in the same rounds."""
     device = args.device
     dtype = torch.float16 if device == "cuda" else torch.float32
-    size = "full" if channels == 320 else "small"
     mm = comfy_harness.booted().model_management
     build = unets.comfy_sd15_model if base == "sd15" else unets.comfy_sdxl_model
     model = build(seed=0, model_channels=channels, dtype=dtype, device=device)
     mm.load_models_gpu([model])
 
-    loads, encodes, prompts, adapters = {}, {}, {}, {}
-    for kind, variant in ADAPTERS[base].items():
-        name = f"bench_{variant}_{size}.safetensors"
-        path = folder / name
-        if not path.exists():
-            checkpoints.save_safetensors(checkpoints.ip_adapter_state_dict(variant, size, dtype=torch.float16), path)
+    files = {kind: _adapter_file(folder, variant, channels) for kind, variant in ADAPTERS[base].items()}
+    loads, encodes, models = {}, {}, {"plain": model}
+    for kind, name in files.items():
         comfy_harness.run_node("LoadIPAdapter", adapter_name=name)  # warm the file cache / imports
         start = time.perf_counter()
-        (adapters[kind],) = comfy_harness.run_node("LoadIPAdapter", adapter_name=name)
+        (adapter,) = comfy_harness.run_node("LoadIPAdapter", adapter_name=name)
         loads[kind] = time.perf_counter() - start
-
-        clip_vision = _clip_vision(device, folder, base, kind, clip_cache)
-        images = torch.rand(args.encode_images, 256, 256, 3, generator=torch.Generator().manual_seed(1))
-
-        def encode(adapter=adapters[kind], clip_vision=clip_vision, images=images):
-            return comfy_harness.run_node("EncodeImagePrompt", ip_adapter=adapter, clip_vision=clip_vision,
-                                          image=images, fit="center crop")
-
-        encode()
-        _sync(device)
-        start = time.perf_counter()
-        (prompts[kind],) = encode()
-        _sync(device)
-        encodes[kind] = images.shape[0] / (time.perf_counter() - start)
-
-    models = {"plain": model}
-    for kind in ADAPTERS[base]:
+        prompt, encodes[kind] = _encode_rate(adapter, _clip_vision(device, folder, base, kind, clip_cache),
+                                             args.encode_images, device)
         current = model
         for count in range(1, max(STACKS) + 1):
-            (current,) = comfy_harness.run_node(
-                "ApplyIPAdapter", model=current, ip_adapter=adapters[kind], image_prompt=prompts[kind],
-                weight=0.8, start_percent=0.0, end_percent=1.0)
+            (current,) = comfy_harness.run_node("ApplyIPAdapter", model=current, ip_adapter=adapter,
+                                                image_prompt=prompt, weight=0.8, start_percent=0.0, end_percent=1.0)
             if count in STACKS:
                 models[f"{kind} x{count}"] = current
+    other_facts = {}
+    image = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(1))
+    for pack in others:
+        patched, other_facts[pack] = other_pack_models(
+            pack, model, base, files, image, lambda kind: _clip_vision(device, folder, base, kind, clip_cache), STACKS)
+        models.update(patched)
     for m in models.values():
         mm.load_models_gpu([m])  # also loads the adapters (patch.models()) as sampling would
 
-    step = _step_inputs(model, base, latent, device, dtype)
-    timings = _interleaved(models, step, device, args.warmup, args.repeats)
-
+    timings = interleaved(models, step_inputs(model, base, latent, device, dtype), device, args.warmup, args.repeats)
     mm.unload_all_models()
     mm.soft_empty_cache()
     return {
         "base": base, "device": device, "dtype": str(dtype).replace("torch.", ""), "model_channels": channels,
-        "latent": latent, "pixels": latent * 8, "batch": "cond+uncond (2)", "adapter_size": size,
-        "adapters": ADAPTERS[base],
+        "latent": latent, "pixels": latent * 8, "batch": "cond+uncond (2)", "adapters": ADAPTERS[base],
+        "adapter_files": "published image projection, K/V widths x channels/320, fp16",
         "adapter_load_s": loads, "encode_images_per_s": encodes, "encode_batch": args.encode_images,
         "clip_vision": "random ViT-H/14 (full size)" if device == "cuda" else "tiny random CLIP vision (2 layers)",
-        "step": timings,
+        "step": timings, "other_packs": other_facts,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# another IP-Adapter pack in the same ComfyUI
-# --------------------------------------------------------------------------------------------
-
-def other_packs(comfy_path: Path) -> list[Path]:
-    """IP-Adapter packs installed beside this one in `custom_nodes/` (by folder name)."""
-    custom = comfy_path / "custom_nodes"
-    if not custom.is_dir():
-        return []
-    found = []
-    for p in sorted(custom.iterdir()):
-        squashed = p.name.lower().replace("-", "").replace("_", "")
-        if p.is_dir() and "ipadapter" in squashed and p.resolve() != REPO:
-            found.append(p)
-    return found
-
-
-def bench_other_pack(pack: Path, base: str, latent: int, channels: int, args, folder: Path, clip_cache: dict) -> dict:
-    """Best effort for cubiq's ComfyUI_IPAdapter_plus (node ids IPAdapterModelLoader/IPAdapterAdvanced).
-
-    Same UNet, same checkpoints, same step; only the patching nodes differ. Unknown packs are
-    named but not measured.
-    """
-    import asyncio
-
-    comfy = comfy_harness.booted()
-    ok = asyncio.run(comfy.nodes.load_custom_node(str(pack), ignore=set(comfy.builtin_node_ids),
-                                                  module_parent="custom_nodes"))
-    mapping = comfy.nodes.NODE_CLASS_MAPPINGS
-    if not ok or "IPAdapterModelLoader" not in mapping or "IPAdapterAdvanced" not in mapping:
-        return {"pack": pack.name, "measured": False, "why": "not ComfyUI_IPAdapter_plus's node API"}
-    device = args.device
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    size = "full" if channels == 320 else "small"
-    mm = comfy.model_management
-    build = unets.comfy_sd15_model if base == "sd15" else unets.comfy_sdxl_model
-    model = build(seed=0, model_channels=channels, dtype=dtype, device=device)
-    mm.load_models_gpu([model])
-    comfy.folder_paths.add_model_folder_path("ipadapter", str(folder), is_default=True)
-    models, loads = {"plain": model}, {}
-    images = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(1))
-    for kind, variant in ADAPTERS[base].items():
-        name = f"bench_{variant}_{size}.safetensors"
-        start = time.perf_counter()
-        (ipadapter,) = comfy_harness.run_node("IPAdapterModelLoader", ipadapter_file=name)
-        loads[kind] = time.perf_counter() - start
-        clip_vision = _clip_vision(device, folder, base, kind, clip_cache)
-        current = model
-        for count in range(1, max(STACKS) + 1):
-            (current,) = comfy_harness.run_node(
-                "IPAdapterAdvanced", model=current, ipadapter=ipadapter, image=images, weight=0.8,
-                weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0,
-                embeds_scaling="V only", clip_vision=clip_vision)
-            if count in STACKS:
-                models[f"{kind} x{count}"] = current
-    for m in models.values():
-        mm.load_models_gpu([m])
-    step = _step_inputs(model, base, latent, device, dtype)
-    timings = _interleaved(models, step, device, args.warmup, args.repeats)
-    mm.unload_all_models()
-    return {"pack": pack.name, "measured": True, "base": base, "latent": latent, "model_channels": channels,
-            "adapter_load_s": loads, "step": timings}
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,51 +153,76 @@ def _cell(s: dict) -> str:
     return f"{s['median_ms']:8.2f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}]"
 
 
-def print_table(results: list[dict], device: str, largest: dict[str, int]) -> None:
+def _work(size: tuple[str, int, int]) -> int:
+    """Rough UNet cost of (base, latent, channels): tokens x width^2."""
+    return size[1] ** 2 * size[2] ** 2
+
+
+def print_table(results: list[dict], device: str, judged_sizes: set[tuple]) -> None:
     target = TARGET_OVERHEAD_PCT[device]
-    header = (f"{'model':5} {'px':>5} {'ch':>4} {'variant':9} {'step ms median [min-max]':>26} {'overhead':>9} "
-              f"{'paired':>7} {'target':>8} {'peak MB':>8}")
+    header = (f"{'model':5} {'px':>5} {'ch':>4} {'variant':32} {'step ms median [min-max]':>26} {'overhead':>9} "
+              f"{'paired':>7} {'target':>11} {'peak MB':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
-        judged = device == "cuda" or r["latent"] == largest[r["base"]]
+        judged = (r["base"], r["latent"], r["model_channels"]) in judged_sizes
         for name, s in r["step"].items():
-            if name == "plain":
-                over, paired, verdict = "", "", ""
-            else:
+            over = paired = verdict = ""
+            if name != "plain":
                 over, paired = f"{s['overhead_pct']:+8.2f}%", f"{s['paired_overhead_pct']:+6.2f}%"
                 ok = s["overhead_pct"] <= target
-                verdict = (f"<={target}% {'ok' if ok else 'MISS'}" if judged else "(n/a)")
-            print(f"{r['base']:5} {r['pixels']:5} {r['model_channels']:4} {name:9} {_cell(s):>26} {over:>9} "
-                  f"{paired:>7} {verdict:>8} {s['peak_memory_mb']:8.1f}")
-        print(f"{'':5} load LoadIPAdapter: base {r['adapter_load_s']['base'] * 1e3:.1f} ms, "
-              f"plus {r['adapter_load_s']['plus'] * 1e3:.1f} ms ({r['adapter_size']} checkpoints); "
+                verdict = f"<={target}% {'ok' if ok else 'MISS'}" if judged and "[" not in name else "(n/a)"
+            print(f"{r['base']:5} {r['pixels']:5} {r['model_channels']:4} {name:32} {_cell(s):>26} {over:>9} "
+                  f"{paired:>7} {verdict:>11} {s['peak_memory_mb']:8.1f}")
+        print(f"{'':5} LoadIPAdapter: base {r['adapter_load_s']['base'] * 1e3:.1f} ms, "
+              f"plus {r['adapter_load_s']['plus'] * 1e3:.1f} ms; "
               f"EncodeImagePrompt: base {r['encode_images_per_s']['base']:.1f} img/s, "
               f"plus {r['encode_images_per_s']['plus']:.1f} img/s (batch {r['encode_batch']}, {r['clip_vision']})")
+        for pack, facts in r["other_packs"].items():
+            for kind, f in facts.items():
+                registered, hit = f["slots_registered_hit"]
+                print(f"{'':5} {pack} {kind}: IPAdapterModelLoader {f['load_s'] * 1e3:.1f} ms, IPAdapterAdvanced "
+                      f"(encode + build + patch) {f['apply_s'] * 1e3:.1f} ms; attn2 keys registered {registered}, "
+                      f"called by ComfyUI {hit}")
+            print_ratios(r, pack)
     print(f"target: overhead within {target}% on {device}"
-          + (" fp16 at real size" if device == "cuda" else " at the largest CPU size (rows marked (n/a) are smaller)"))
+          + (" fp16 at real size" if device == "cuda" else " at the largest CPU size per model (others: (n/a))")
+          + ("; --quick judges nothing (too few rounds, smallest sizes)" if not judged_sizes else ""))
+
+
+def print_ratios(result: dict, pack: str) -> None:
+    """Our median step over the other pack's, same UNet, same rounds (< 1: we are faster)."""
+    steps = result["step"]
+    cells = []
+    for name in steps:
+        theirs = steps.get(f"{name} [{pack}]")
+        if name != "plain" and theirs is not None:
+            cells.append(f"{name} {steps[name]['median_ms'] / theirs['median_ms']:.3f}")
+    print(f"{'':5} ratio ours/{pack} (median step): " + ", ".join(cells))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (CPU: under ~3 min on 2 cores)")
-    parser.add_argument("--repeats", type=int, help="timed rounds per size (default 25, quick 9)")
-    parser.add_argument("--warmup", type=int, help="untimed rounds per size (default 3, quick 2)")
-    parser.add_argument("--cpu-latents", type=int, nargs="+",
-                        help="latent sides on CPU (default and quick: 16 32); the largest is where the target applies. "
-                             "48 or 64 take minutes per round on 2 cores")
-    parser.add_argument("--encode-images", type=int, help="images per EncodeImagePrompt call (default 8, quick 4)")
+    parser.add_argument("--quick", action="store_true", help="smallest sizes, few rounds: checks that it runs")
+    parser.add_argument("--repeats", type=int, help="timed rounds per size (default 25, quick 5)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds per size (default 3, quick 1)")
+    parser.add_argument("--cpu-sizes", nargs="+", metavar="BASE:LATENT:CHANNELS",
+                        help="CPU sizes, e.g. sd15:32:160 (default: " + " ".join(
+                            f"{b}:{lat}:{ch}" for b, lat, ch in CPU_SIZES) + "); the target is judged at the "
+                        "size with the most work per model")
+    parser.add_argument("--encode-images", type=int, help="images per EncodeImagePrompt call (default 8, quick 2)")
     parser.add_argument("--comfy-arg", action="append", default=[], metavar="FLAG",
                         help="extra ComfyUI command-line flag, e.g. --comfy-arg=--use-pytorch-cross-attention "
                              "(repeatable; changes the attention backend both branches use)")
+    parser.add_argument("--no-other-packs", action="store_true", help="do not measure other IP-Adapter packs")
     parser.add_argument("--json", type=Path, help="write all results here")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no CUDA device")
-    args.repeats = args.repeats or (9 if args.quick else 25)
-    args.warmup = args.warmup or (2 if args.quick else 3)
-    args.encode_images = args.encode_images or (4 if args.quick else 8)
+    args.repeats = args.repeats or (5 if args.quick else 25)
+    args.warmup = args.warmup or (1 if args.quick else 3)
+    args.encode_images = args.encode_images or (2 if args.quick else 8)
 
     comfy_path = comfy_harness.find_comfyui()
     if comfy_path is None:
@@ -363,52 +241,43 @@ def main() -> int:
     comfy.folder_paths.add_model_folder_path("ipadapter", str(folder), is_default=True)
 
     if args.device == "cuda":
-        sizes = [("sd15", 64, 320), ("sdxl", 128, 320)]
+        sizes = list(CUDA_SIZES)
         print(f"CUDA run on {torch.cuda.get_device_name()}: real widths (model_channels=320), fp16, "
               "512 px SD1.5 / 1024 px SDXL, full-size adapters, full-size random ViT-H.")
     else:
-        latents = sorted(args.cpu_latents or [16, 32])
-        sizes = [(base, lat, 32) for base in ("sd15", "sdxl") for lat in latents]
-        print(f"CPU run ({torch.get_num_threads()} threads): SMALL UNet widths (model_channels=32, not 320), "
-              f"small latents {latents} (not 64/128), fp32, 'small' adapters, tiny CLIP vision. "
-              "Not representative of GPU figures; use --device cuda for those.")
-    largest = {base: max(lat for b, lat, _ in sizes if b == base) for base in ADAPTERS}
+        sizes = ([(b, int(lat), int(ch)) for b, lat, ch in (s.split(":") for s in args.cpu_sizes)]
+                 if args.cpu_sizes else list(CPU_QUICK_SIZES if args.quick else CPU_SIZES))
+        print(f"CPU run ({torch.get_num_threads()} threads), fp32, sizes (model, latent, model_channels) {sizes}: "
+              "reduced widths (real: 320) and latents (real: 64/128), adapters with the published image "
+              "projection and K/V widths matching the UNet, tiny CLIP vision. Not a prediction of GPU figures.")
+    judged = set() if args.quick else {max((s for s in sizes if s[0] == base), key=_work)
+                                       for base in {s[0] for s in sizes}}
 
-    others = other_packs(comfy_path)
-    print("other IP-Adapter packs: " + (", ".join(p.name for p in others) if others
-                                        else "no other IP-Adapter pack installed"))
+    others = [] if args.no_other_packs else find_other_packs(comfy_path)
+    usable = []
+    for pack in others:
+        why = load_other_pack(pack)
+        print(f"other IP-Adapter pack {pack.name}: " + (f"not measured ({why})" if why else "measured in the same rounds"))
+        if why is None:
+            usable.append(pack.name)
+    if not others:
+        print("other IP-Adapter packs: " + ("not measured (--no-other-packs)" if args.no_other_packs
+                                            else "no other IP-Adapter pack installed"))
     clip_cache: dict = {}
     started = time.perf_counter()
-    results = [bench_topology(base, lat, ch, args, folder, clip_cache) for base, lat, ch in sizes]
-    other_results = []
-    for pack in others:
-        for base, lat, ch in sizes:
-            if lat != largest[base]:
-                continue
-            try:
-                other_results.append(bench_other_pack(pack, base, lat, ch, args, folder, clip_cache))
-            except Exception as exc:  # noqa: BLE001  (a foreign pack's API may differ: report it, keep ours)
-                other_results.append({"pack": pack.name, "base": base, "measured": False, "why": repr(exc)})
+    results = [bench_topology(base, lat, ch, args, folder, clip_cache, usable) for base, lat, ch in sizes]
     print()
-    print_table(results, args.device, largest)
-    for o in other_results:
-        if o.get("measured"):
-            print(f"\n{o['pack']} ({o['base']}, latent {o['latent']}):")
-            print_table([{**o, "pixels": o["latent"] * 8, "adapter_size": "", "encode_images_per_s":
-                          {"base": float("nan"), "plus": float("nan")}, "encode_batch": 1, "clip_vision": "n/a"}],
-                        args.device, largest)
-        else:
-            print(f"{o['pack']}: not measured ({o['why']})")
+    print_table(results, args.device, judged)
     print(f"total benchmark time {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({
             "machine": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": args.device,
             "comfy_args": args.comfy_arg, "attention_backend": backend, "quick": args.quick,
-            "repeats": args.repeats, "warmup": args.warmup,
+            "repeats": args.repeats, "warmup": args.warmup, "judged_sizes": sorted(judged),
             "timed": "BaseModel.apply_model, cond+uncond batch 2, loaded ModelPatcher's transformer_options",
             "targets_overhead_pct": TARGET_OVERHEAD_PCT, "results": results,
-            "other_packs": [p.name for p in others], "other_pack_results": other_results,
+            "other_packs": [p.name for p in others], "other_packs_measured": usable,
         }, indent=2))
         print(f"wrote {args.json}")
     return 0

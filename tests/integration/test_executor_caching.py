@@ -6,43 +6,24 @@ import pytest
 import torch
 from support import checkpoints, unets
 from support.comfy_clip import tiny_comfy_clip_vision
-from support.comfy_prompts import PromptRunner
-
-
-class _Source:
-    """Test-only V1 nodes that hand in-memory objects to the executor (ComfyUI's loaders need full-size files)."""
-
-    RETURN_TYPES: tuple = ()
-    FUNCTION = "get"
-    CATEGORY = "testing"
-    value = None
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    def get(self):
-        return (type(self).value,)
+from support.comfy_prompts import PromptRunner, value_nodes
 
 
 @pytest.fixture
-def test_nodes(comfy, tmp_path):
+def tower_calls(comfy, tmp_path):
+    """Registers the in-memory model/CLIP vision/image nodes; yields the list of CLIP tower forwards.
+
+    Counted with a forward hook on the tower module, so every way into it counts: the image
+    encode (`encode_image`) and the plus adapters' zero-pixel uncond encode alike.
+    """
     clip_vision = tiny_comfy_clip_vision(tmp_path, hidden=1280, projection_dim=1024)
-    calls = []
-    encode = clip_vision.encode_image
-    clip_vision.encode_image = lambda *a, **kw: calls.append(1) or encode(*a, **kw)
-    made = {
-        "IPATestModel": type("IPATestModel", (_Source,), {"RETURN_TYPES": ("MODEL",),
-                                                          "value": unets.comfy_sd15_model(seed=1)}),
-        "IPATestClipVision": type("IPATestClipVision", (_Source,), {"RETURN_TYPES": ("CLIP_VISION",),
-                                                                    "value": clip_vision}),
-        "IPATestImage": type("IPATestImage", (_Source,), {"RETURN_TYPES": ("IMAGE",),
-                                                          "value": torch.rand(1, 64, 64, 3)}),
-    }
-    comfy.nodes.NODE_CLASS_MAPPINGS.update(made)
-    yield calls
-    for name in made:
-        comfy.nodes.NODE_CLASS_MAPPINGS.pop(name, None)
+    calls: list[int] = []
+    handle = clip_vision.model.register_forward_hook(lambda *_: calls.append(1))
+    with value_nodes({"IPATestModel": ("MODEL", unets.comfy_sd15_model(seed=1)),
+                      "IPATestClipVision": ("CLIP_VISION", clip_vision),
+                      "IPATestImage": ("IMAGE", torch.rand(1, 64, 64, 3))}):
+        yield calls
+    handle.remove()
 
 
 def _prompt(adapter_name: str, weight: float, end: float) -> dict:
@@ -59,22 +40,27 @@ def _prompt(adapter_name: str, weight: float, end: float) -> dict:
     }
 
 
-def test_weight_and_schedule_changes_reuse_the_encoding(comfy, model_dirs, test_nodes) -> None:
-    path = checkpoints.save_safetensors(checkpoints.ip_adapter_state_dict("ip-adapter_sd15"),
-                                        model_dirs["ipadapter"] / "cache.safetensors")
+# base: one tower call (uncond = zero image_embeds); plus: two (the image, then zero pixels).
+@pytest.mark.parametrize("variant,first_calls", [("ip-adapter_sd15", 1), ("ip-adapter-plus_sd15", 2)])
+def test_weight_and_schedule_changes_reuse_the_encoding(comfy, model_dirs, tower_calls, variant,
+                                                        first_calls) -> None:
+    path = checkpoints.save_safetensors(checkpoints.ip_adapter_state_dict(variant, "small"),
+                                        model_dirs["ipadapter"] / f"cache-{variant}.safetensors")
     runner = PromptRunner()
     first = runner.run(_prompt(path.name, 1.0, 1.0), targets=["6"])
-    assert "5" in first.executed and len(test_nodes) == 1
+    assert "5" in first.executed and len(tower_calls) == first_calls
     for weight, end in ((0.4, 1.0), (0.4, 0.5), (1.7, 0.8)):
         result = runner.run(_prompt(path.name, weight, end), targets=["6"])
         assert result.executed == ["6"], result.executed
         assert "5" in result.cached
-    assert len(test_nodes) == 1  # the CLIP vision tower ran once for four queued prompts
+    assert len(tower_calls) == first_calls  # the CLIP vision tower did not run again for 3 re-queued prompts
+    runner.run(_prompt(path.name, 0.4, 0.5), targets=["6"])
+    assert len(tower_calls) == first_calls
 
 
-def test_out_of_range_weight_is_rejected_by_validation(comfy, model_dirs, test_nodes) -> None:
+def test_out_of_range_weight_is_rejected_by_validation(comfy, model_dirs, tower_calls) -> None:
     path = checkpoints.save_safetensors(checkpoints.ip_adapter_state_dict("ip-adapter_sd15"),
                                         model_dirs["ipadapter"] / "range.safetensors")
     with pytest.raises(Exception, match="weight"):
         PromptRunner().run(_prompt(path.name, 7.5, 1.0), targets=["6"])
-    assert test_nodes == []
+    assert tower_calls == []

@@ -229,6 +229,26 @@ def ip_adapter_state_dict(
     }
 
 
+def state_dict_for_unet_width(
+    variant: str, model_channels: int, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """The published image projection, with K/V widths of a UNet built at `model_channels`.
+
+    Why: benchmarks run UNets at widths between "small" and "full" (e.g. 64 or 160), and other
+    IP-Adapter packs hard-code the published Resampler width, so only the per-layer K/V
+    projections may follow the UNet. `model_channels=320` equals `size="full"`.
+    """
+    _check_variant(variant)
+    base = _TABLE[variant][0]
+    ctx = CROSS_ATTENTION_DIM[base]
+    spec = _image_proj_spec(variant, "full")
+    for n, width in layer_widths(base, "full").items():
+        scaled = width * model_channels // 320
+        spec[f"ip_adapter.{n}.to_k_ip.weight"] = ((scaled, ctx), "w")
+        spec[f"ip_adapter.{n}.to_v_ip.weight"] = ((scaled, ctx), "w")
+    return {k: _init(shape, kind, key_seed(seed, k)).to(dtype) for k, (shape, kind) in spec.items()}
+
+
 def param_count(variant: str, size: str = "full") -> int:
     """Number of scalars in the checkpoint, computed from shapes only."""
     total = 0
