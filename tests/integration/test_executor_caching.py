@@ -7,22 +7,7 @@ import torch
 from support import checkpoints, unets
 from support.comfy_clip import tiny_comfy_clip_vision
 from support.comfy_prompts import PromptRunner
-
-
-class _Source:
-    """Test-only V1 nodes that hand in-memory objects to the executor (ComfyUI's loaders need full-size files)."""
-
-    RETURN_TYPES: tuple = ()
-    FUNCTION = "get"
-    CATEGORY = "testing"
-    value = None
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    def get(self):
-        return (type(self).value,)
+from support.value_nodes import ValueNodes
 
 
 @pytest.fixture
@@ -31,18 +16,11 @@ def test_nodes(comfy, tmp_path):
     calls = []
     encode = clip_vision.encode_image
     clip_vision.encode_image = lambda *a, **kw: calls.append(1) or encode(*a, **kw)
-    made = {
-        "IPATestModel": type("IPATestModel", (_Source,), {"RETURN_TYPES": ("MODEL",),
-                                                          "value": unets.comfy_sd15_model(seed=1)}),
-        "IPATestClipVision": type("IPATestClipVision", (_Source,), {"RETURN_TYPES": ("CLIP_VISION",),
-                                                                    "value": clip_vision}),
-        "IPATestImage": type("IPATestImage", (_Source,), {"RETURN_TYPES": ("IMAGE",),
-                                                          "value": torch.rand(1, 64, 64, 3)}),
-    }
-    comfy.nodes.NODE_CLASS_MAPPINGS.update(made)
-    yield calls
-    for name in made:
-        comfy.nodes.NODE_CLASS_MAPPINGS.pop(name, None)
+    with ValueNodes(comfy) as values:
+        values.add("IPATestModel", "MODEL", unets.comfy_sd15_model(seed=1))
+        values.add("IPATestClipVision", "CLIP_VISION", clip_vision)
+        values.add("IPATestImage", "IMAGE", torch.rand(1, 64, 64, 3))
+        yield calls
 
 
 def _prompt(adapter_name: str, weight: float, end: float) -> dict:
