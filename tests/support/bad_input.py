@@ -25,7 +25,7 @@ import torch
 from . import checkpoints, unets
 from .comfy_clip import tiny_comfy_clip_vision
 from .comfy_harness import PromptValidationError
-from .comfy_prompts import PromptResult, PromptRunner
+from .comfy_prompts import PromptRunner
 from .value_nodes import ValueNodes
 
 GOOD_ADAPTER = "good_sd15.safetensors"
@@ -83,9 +83,6 @@ class Served:
             assert re.search(pattern, reasons), f"reasons {reasons!r} do not match {pattern!r}"
             return exc
         raise AssertionError("the prompt passed validation")
-
-    def accepted(self, prompt: dict) -> PromptResult:
-        return self.runner.run(prompt, targets=[SAMPLER])
 
     def still_serves(self, model_dirs: dict[str, Path]) -> None:
         """A good prompt runs on this executor and matches a fresh executor's result exactly."""
