@@ -4,6 +4,10 @@
   do not depend on this pack.
 * ``comfy``: the same, with this pack loaded through ``nodes.load_custom_node``. Skips while the
   pack has no ``__init__.py``; fails with ComfyUI's reason if the pack does not import.
+* ``comfy_server``: a real ComfyUI server (``python main.py``) on 127.0.0.1 with a temporary
+  base directory, this pack and the test nodes linked in, and tiny random-weight models under
+  the published names (``support.comfy_server``). Started once per session, on first use;
+  always stopped.
 * ``model_dirs``: a temporary ``models/`` tree whose ``ipadapter``, ``clip_vision`` and
   ``controlnet`` folders are registered first in ``folder_paths`` for one test.
 
@@ -18,8 +22,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from support import comfy_harness
+from support import comfy_server as server_support
 
 MODEL_FOLDERS = ("ipadapter", "clip_vision", "controlnet")
 
@@ -68,6 +72,20 @@ def comfy(comfy_runtime) -> comfy_harness.Comfy:
 def pack(comfy) -> comfy_harness.LoadedPack:
     """This pack as ComfyUI registered it (node classes by id)."""
     return comfy_harness.load_pack(comfy_harness.REPO_ROOT, comfy)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(request, tmp_path_factory) -> server_support.ComfyServer:
+    try:
+        path = comfy_harness.find_comfyui()
+    except comfy_harness.ComfyHarnessError as exc:
+        pytest.skip(str(exc))
+    if path is None:
+        pytest.skip(comfy_harness.COMFYUI_NOT_FOUND)
+    base = tmp_path_factory.mktemp("comfy_server")
+    server_support.write_tiny_models(base, cache_dir=request.config.cache.mkdir("tiny_models"))
+    with server_support.comfy_server(base, comfyui=path) as server:
+        yield server
 
 
 @pytest.fixture
