@@ -10,7 +10,7 @@ name with `../`, both answered 400; a damaged adapter file, which fails in execu
 * the server's resident memory (VmRSS) after all 50 is within `RSS_BOUND_MB` of its value after
   the first 5;
 * nothing is left in the server's temp folder and no file descriptor stays open in a temp dir;
-* the server still answers and logged no traceback outside the one deliberate execution error.
+* the server still answers and logged no exception beyond the one deliberate execution error.
 
 Masks are not part of the mix yet (ApplyIPAdapter has no mask input in this branch).
 """
@@ -210,4 +210,5 @@ def test_fifty_prompts_leak_no_patch_memory_or_temp_files(comfy_server) -> None:
     assert temp_after == temp_before
     assert open_temp == []
     assert server.get_json("/system_stats")["system"]["comfyui_version"]
-    assert server.log().count("Traceback") <= 1, server.log()[-4000:]
+    # Only the one deliberate failure (start-up tracebacks of ComfyUI's own optional audio nodes aside).
+    assert server.log().count("!!! Exception during processing !!!") == 1, server.log()[-4000:]
