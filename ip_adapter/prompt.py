@@ -41,7 +41,11 @@ class ImagePrompt:
             )
         for name, tensor in (("cond", self.cond), ("uncond", self.uncond)):
             if not torch.isfinite(tensor).all():
-                raise ImagePromptError(f"The image prompt's {name} tokens contain NaN or infinity.")
+                raise ImagePromptError(
+                    f"The image prompt's {name} tokens contain NaN or infinity. Encode the reference image "
+                    "again (Encode Image Prompt with finite pixels and weights); a saved image prompt with "
+                    "such values is damaged."
+                )
 
     @property
     def tokens(self) -> int:

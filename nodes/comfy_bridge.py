@@ -20,6 +20,7 @@ from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.model import IPAdapterModel
 from ..ip_adapter.patch import ImageBranch, slot_patches
 from ..ip_adapter.spec import AdapterSpec, EncoderFeature
+from ..utils.images import shrink_for_encoder
 
 
 def adapter_patcher(model: IPAdapterModel) -> comfy.model_patcher.ModelPatcher:
@@ -32,7 +33,12 @@ def adapter_patcher(model: IPAdapterModel) -> comfy.model_patcher.ModelPatcher:
 
 
 def encode(clip_vision: Any, image: Tensor, feature: EncoderFeature, crop: bool) -> Tensor:
-    """Run ComfyUI's CLIP vision tower on IMAGE [B, H, W, 3]; return the feature the adapter reads."""
+    """Run ComfyUI's CLIP vision tower on IMAGE [B, H, W, 3]; return the feature the adapter reads.
+
+    Very large images are brought down to the tower's input size here, before
+    ComfyUI copies them to the GPU (`shrink_for_encoder`).
+    """
+    image = shrink_for_encoder(image, getattr(clip_vision, "image_size", 224), crop)
     output = clip_vision.encode_image(image, crop=crop)
     return output[feature.value].float()
 
@@ -105,6 +111,9 @@ def check_model_fits(model: comfy.model_patcher.ModelPatcher, spec: AdapterSpec,
 
 def sigma_window(model: comfy.model_patcher.ModelPatcher, start: float, end: float) -> tuple[float, float] | None:
     """Convert schedule fractions to (sigma_start, sigma_end) as ControlNetApplyAdvanced does."""
+    for name, value in (("start_percent", start), ("end_percent", end)):
+        if not 0.0 <= value <= 1.0:  # also catches NaN, which ComfyUI's min/max validation lets through
+            raise ImagePromptError(f"ApplyIPAdapter: {name} is {value}; give a number between 0 and 1.")
     if start <= 0.0 and end >= 1.0:
         return None
     sampling = model.get_model_object("model_sampling")

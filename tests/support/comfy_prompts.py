@@ -82,8 +82,12 @@ class PromptRunner:
         non-output ones); each is validated with ``execution.validate_inputs``, the per-node
         check ``validate_prompt`` runs, upstream included.
         """
+        return self._validate_in_place(copy.deepcopy(dict(prompt)), targets)
+
+    def _validate_in_place(self, prompt: dict, targets: Sequence[str] | None) -> list[str]:
+        """Validation converts widget values in ``prompt`` (``"0.5"`` -> 0.5), as ``POST /prompt`` does
+        on the prompt it then queues."""
         execution = self.comfy.execution
-        prompt = copy.deepcopy(dict(prompt))
         pid = "validate-" + uuid.uuid4().hex[:8]
         if targets is None:
             valid, error, good, node_errors = asyncio.run(execution.validate_prompt(pid, prompt, None))
@@ -124,8 +128,8 @@ class PromptRunner:
         extra_data: Mapping[str, Any] | None = None,
     ) -> PromptResult:
         """Validate ``prompt`` (API format), run it, and collect outputs and messages."""
-        execute_outputs = self.validate(prompt, targets)
         prompt = copy.deepcopy(dict(prompt))
+        execute_outputs = self._validate_in_place(prompt, targets)
         prompt_id = str(uuid.uuid4())
         start = len(self.server.messages)
         extra = {"client_id": "harness", **(extra_data or {})}
