@@ -6,7 +6,8 @@ import pytest
 import torch
 from support import checkpoints, unets
 from support.comfy_clip import tiny_comfy_clip_vision
-from support.comfy_prompts import PromptRunner, value_nodes
+from support.comfy_prompts import PromptRunner
+from support.value_nodes import ValueNodes
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def tower_calls(comfy, tmp_path):
     clip_vision = tiny_comfy_clip_vision(tmp_path, hidden=1280, projection_dim=1024)
     calls: list[int] = []
     handle = clip_vision.model.register_forward_hook(lambda *_: calls.append(1))
-    with value_nodes({"IPATestModel": ("MODEL", unets.comfy_sd15_model(seed=1)),
+    with ValueNodes(comfy, {"IPATestModel": ("MODEL", unets.comfy_sd15_model(seed=1)),
                       "IPATestClipVision": ("CLIP_VISION", clip_vision),
                       "IPATestImage": ("IMAGE", torch.rand(1, 64, 64, 3))}):
         yield calls

@@ -8,10 +8,9 @@ Split from `comfy_harness`, which boots ComfyUI and loads the pack.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,39 +210,3 @@ def run_prompt(
         runner = _DEFAULT_RUNNER
     return runner.run(prompt, targets, raise_on_error=raise_on_error)
 
-
-class _ValueNode:
-    """A V1 node with no inputs that outputs one in-memory object (set per subclass)."""
-
-    RETURN_TYPES: tuple = ()
-    FUNCTION = "get"
-    CATEGORY = "testing"
-    value: Any = None
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    def get(self):
-        return (type(self).value,)
-
-
-@contextlib.contextmanager
-def value_nodes(values: Mapping[str, tuple[str, Any]]) -> Iterator[None]:
-    """Register test-only nodes ``{node_id: (socket type, object)}`` for the duration of a block.
-
-    Why: ComfyUI's loaders need full-size model files; these hand tiny in-memory models (MODEL,
-    CLIP_VISION, IMAGE, CONDITIONING...) to the real executor instead. The node ids are
-    removed from ``NODE_CLASS_MAPPINGS`` afterwards (and must not exist before).
-    """
-    mappings = booted().nodes.NODE_CLASS_MAPPINGS
-    clash = [name for name in values if name in mappings]
-    if clash:
-        raise ValueError(f"node ids already registered: {clash}")
-    mappings.update({name: type(name, (_ValueNode,), {"RETURN_TYPES": (kind,), "value": value})
-                     for name, (kind, value) in values.items()})
-    try:
-        yield
-    finally:
-        for name in values:
-            mappings.pop(name, None)

@@ -7,7 +7,7 @@ gets its own process. Run from `tests/`:
     python -m support.model_management_probe OUT_DIR --cpu --disable-smart-memory
 
 It queues LoadIPAdapter -> EncodeImagePrompt -> ApplyIPAdapter -> KSampler (tiny random
-models handed in through `value_nodes`) and prints one JSON line: ComfyUI's memory state, the
+models handed in through `ValueNodes`) and prints one JSON line: ComfyUI's memory state, the
 loaded-model list while the UNet runs (a forward pre-hook on the UNet module), after the
 prompt, and after `unload_all_models`; and which of the adapter, its ModelPatcher, the image
 branch, the image prompt and the patched model are still alive once the executor's cache and
@@ -26,7 +26,8 @@ import torch
 
 from . import checkpoints, comfy_harness, unets
 from .comfy_clip import tiny_comfy_clip_vision
-from .comfy_prompts import PromptRunner, value_nodes
+from .comfy_prompts import PromptRunner
+from .value_nodes import ValueNodes
 
 PROMPT = {
     "1": {"class_type": "ProbeModel", "inputs": {}},
@@ -84,7 +85,7 @@ def run(out_dir: Path, comfy_args: list[str]) -> dict:
               "ProbePositive": ("CONDITIONING", [[torch.randn(1, 77, 768, generator=g), {}]]),
               "ProbeNegative": ("CONDITIONING", [[torch.randn(1, 77, 768, generator=g), {}]]),
               "ProbeLatent": ("LATENT", {"samples": torch.zeros(1, 4, 16, 16)})}
-    with value_nodes(values):
+    with ValueNodes(comfy_harness.booted(), values):
         runner = PromptRunner()
         result = runner.run(PROMPT, targets=["7"])
         adapter, patched = result.output("4"), result.output("6")

@@ -8,6 +8,7 @@ caches them like any node without inputs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Self
 
 
@@ -31,9 +32,12 @@ class ValueNodes:
     Use as a context manager or call ``close()`` in a fixture's teardown.
     """
 
-    def __init__(self, comfy):
+    def __init__(self, comfy, values: Mapping[str, tuple[str, Any]] | None = None):
+        """``comfy``: the booted ComfyUI namespace; ``values``: ``{class_type: (io_type, value)}`` to add now."""
         self._mappings = comfy.nodes.NODE_CLASS_MAPPINGS
         self._names: list[str] = []
+        for class_type, (io_type, value) in (values or {}).items():
+            self.add(class_type, io_type, value)
 
     def add(self, class_type: str, io_type: str, value: Any) -> str:
         """A node ``class_type`` whose one output (of type ``io_type``) is ``value``; returns the name."""
