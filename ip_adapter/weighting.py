@@ -190,7 +190,9 @@ def markdown_table(base: BaseModel) -> str:
 
 
 def _span(layers: tuple[int, ...]) -> str:
-    return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
+    if len(layers) <= 2:
+        return ", ".join(str(layer) for layer in layers)
+    return f"{layers[0]}..{layers[-1]}"
 
 
 def _cell(value: float, inverted: bool) -> str:
