@@ -247,3 +247,30 @@ def test_invalid_inputs_are_refused_naming_the_input(comfy, model_dirs, clip_vis
     adapter = _adapter(model_dirs, "ip-adapter_sd15")
     with pytest.raises(Exception, match=message):
         _apply(sd15, adapter, _prompt(adapter, clip_vision), **inputs)
+
+
+def test_two_chained_adapters_both_act_and_removing_either_recovers_the_other(comfy, model_dirs, clip_vision,
+                                                                              sd15) -> None:
+    """A: base adapter, image 1, weight 0.8, left mask, window 0..0.7. B: plus adapter, image 2, weight 0.5,
+    right mask, window 0.2..1, style transfer. Sampled with KSampler (4 steps, cfg 4)."""
+    first, second = _adapter(model_dirs, "ip-adapter_sd15", 1), _adapter(model_dirs, "ip-adapter-plus_sd15", 2)
+    prompt_a, prompt_b = _prompt(first, clip_vision, 1), _prompt(second, clip_vision, 2)
+
+    def a(model, weight=0.8):
+        return _apply(model, first, prompt_a, weight, 0.0, 0.7, attn_mask=_half_mask(128, 192)[0])
+
+    def b(model, weight=0.5):
+        return _apply(model, second, prompt_b, weight, 0.2, 1.0, weight_type="style transfer",
+                      attn_mask=_half_mask(128, 192, left=False)[0])
+
+    plain, a_alone, b_alone = _sample(sd15), _sample(a(sd15)), _sample(b(sd15))
+    chained = a(sd15)
+    both = _sample(b(chained))
+    for other in (plain, a_alone, b_alone):
+        assert (both - other).abs().max() > 1e-2
+    assert (a_alone - plain).abs().max() > 1e-2 and (b_alone - plain).abs().max() > 1e-2
+    assert torch.equal(_sample(chained), a_alone)  # B's clone left A's model untouched
+    assert torch.equal(_sample(b(a(sd15, weight=0.0))), b_alone)  # A removed (weight 0): B alone, exactly
+    assert torch.equal(_sample(b(a(sd15), weight=0.0)), a_alone)  # B removed: A alone, exactly
+    assert torch.equal(_sample(b(sd15)), b_alone) and torch.equal(_sample(sd15), plain)  # nothing leaked
+    torch.testing.assert_close(_sample(a(b(sd15))), both, rtol=1e-4, atol=1e-3)  # order only rounds
