@@ -9,6 +9,7 @@ All tensors are in ComfyUI's attn2 layout: [batch, tokens, heads * head_dim].
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from enum import Enum
 
 import torch
 from einops import rearrange
@@ -47,6 +48,44 @@ def schedule_gate(sigmas: Tensor, sigma_start: float, sigma_end: float, chunks: 
     """
     active = (sigmas <= sigma_start) & (sigmas >= sigma_end)
     return active.repeat(chunks).view(-1, 1, 1)
+
+
+class EmbedsScaling(str, Enum):
+    """Where the weight enters the image attention (the reference pack's "embeds_scaling").
+
+    V only is the paper: `w * Attn(Q, K', V')`. The others scale the image keys and
+    values before the attention, which also sharpens (w > 1) or flattens the
+    attention over the image tokens; "C penalty" first multiplies w by
+    `C / 1280`, C the layer width, so the narrow high-resolution layers take less.
+    """
+
+    V_ONLY = "V only"
+    K_V = "K+V"
+    K_V_PENALTY = "K+V w/ C penalty"
+    K_MEAN_V_PENALTY = "K+mean(V) w/ C penalty"
+
+
+#: The width the C penalty divides by (SD's widest attention, 1280).
+PENALTY_WIDTH = 1280.0
+
+
+def scale_kv(k_ip: Tensor, v_ip: Tensor, weight: float, mode: EmbedsScaling) -> tuple[Tensor, Tensor]:
+    """Fold `weight` into the image K/V for the K+V modes; [b, T, C] each.
+
+    * K+V: `K' w`, `V' w`.
+    * K+V w/ C penalty: the same with `w C / 1280`.
+    * K+mean(V) w/ C penalty: `K' w_c`; `V' - mean_T(V') + w_c mean_T(V')`, mean over the
+      image tokens, so only the shared part of V is scaled.
+    V only returns them unchanged (the weight then multiplies the attention output).
+    """
+    if mode is EmbedsScaling.V_ONLY:
+        return k_ip, v_ip
+    if mode is not EmbedsScaling.K_V:
+        weight = weight * (k_ip.shape[-1] / PENALTY_WIDTH)
+    if mode is EmbedsScaling.K_MEAN_V_PENALTY:
+        mean = v_ip.mean(dim=1, keepdim=True)
+        return k_ip * weight, (v_ip - mean) + mean * weight
+    return k_ip * weight, v_ip * weight
 
 
 def image_term(q: Tensor, k_ip: Tensor, v_ip: Tensor, heads: int, attention: AttentionFn, **kwargs: object) -> Tensor:

@@ -20,7 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .attention import AttentionFn, assemble_rows, image_term, schedule_gate
+from .attention import (
+    AttentionFn,
+    EmbedsScaling,
+    assemble_rows,
+    image_term,
+    scale_kv,
+    schedule_gate,
+)
+from .masking import MaskCache
 from .model import IPAdapterModel
 from .prompt import ImagePrompt
 
@@ -29,7 +37,7 @@ AttnPatch = Callable[[Tensor, Tensor, Tensor, dict], Tensor]
 
 @dataclass(frozen=True, eq=False)
 class ImageBranch:
-    """One application of an adapter: its weights, prompt, strength and window.
+    """One application of an adapter: its weights, prompt, strength, window, layers and mask.
 
     Attributes:
         adapter: the loaded module (owned by the ModelPatcher(s) in `models`).
@@ -38,6 +46,10 @@ class ImageBranch:
         window: (sigma_start, sigma_end) in which the term acts, or None for always.
         layer_weights: multiplier per checkpoint layer index (missing = 1.0; 0 skips the layer).
         models: objects ComfyUI should load and offload with the UNet (ModelPatchers).
+        embeds_scaling: where the weight enters (V only = the paper; see `EmbedsScaling`).
+        inverted: layers whose cond rows get no image term and whose uncond rows get the
+            reference (the "precise" weight types: guidance then pushes away from it).
+        mask: [1 or batch, H, W] float32 on the CPU; the image term acts where it is 1.
     """
 
     adapter: IPAdapterModel
@@ -46,10 +58,19 @@ class ImageBranch:
     window: tuple[float, float] | None = None
     layer_weights: dict[int, float] = field(default_factory=dict)
     models: tuple[Any, ...] = ()
+    embeds_scaling: EmbedsScaling = EmbedsScaling.V_ONLY
+    inverted: frozenset[int] = frozenset()
+    mask: Tensor | None = None
     _kv: dict = field(default_factory=dict, repr=False)
     _rows: dict = field(default_factory=dict, repr=False)
+    _gate: dict = field(default_factory=dict, repr=False)
+    _masks: MaskCache | None = field(default=None, repr=False)
 
-    def __deepcopy__(self, memo: dict) -> "ImageBranch":
+    def __post_init__(self) -> None:
+        if self.mask is not None and self._masks is None:
+            object.__setattr__(self, "_masks", MaskCache(self.mask))
+
+    def __deepcopy__(self, memo: dict) -> ImageBranch:
         return self
 
     def layer_weight(self, index: int) -> float:
@@ -68,17 +89,37 @@ class ImageBranch:
              dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Image K and V laid out like ComfyUI's q batch for layer `index`.
 
-        The layout only changes when the batch composition does, so the last one is
-        kept per layer: sampling steps then allocate nothing here.
+        Inverted layers swap in (zeros, reference) for (cond, uncond); the K+V
+        scaling modes fold the layer's weight in here. The layout only changes
+        when the batch composition does, so the last one is kept per layer:
+        sampling steps then allocate nothing here.
         """
         key = (tuple(chunks), batch, device, dtype)
         cached = self._rows.get(index)
         if cached is None or cached[0] != key:
             k_cond, v_cond, k_uncond, v_uncond = self.kv(index, device, dtype)
-            cached = (key, assemble_rows(chunks, batch, k_cond, k_uncond),
-                      assemble_rows(chunks, batch, v_cond, v_uncond))
+            if index in self.inverted:  # projection of zero tokens is zero: the adapter's K/V have no bias
+                k_uncond, v_uncond = k_cond, v_cond
+                k_cond, v_cond = torch.zeros_like(k_cond), torch.zeros_like(v_cond)
+            k_ip, v_ip = scale_kv(assemble_rows(chunks, batch, k_cond, k_uncond),
+                                  assemble_rows(chunks, batch, v_cond, v_uncond),
+                                  self.layer_weight(index), self.embeds_scaling)
+            cached = (key, k_ip, v_ip)
             self._rows[index] = cached
         return cached[1], cached[2]
+
+    def gate(self, sigmas: Tensor, chunks: int, dtype: torch.dtype) -> Tensor:
+        """The schedule gate of this step, computed once per step (ComfyUI passes one sigmas tensor to all layers)."""
+        last = self._gate.get("last")
+        if last is None or last[0] is not sigmas or last[1] != chunks or last[2] != dtype:
+            last = (sigmas, chunks, dtype, schedule_gate(sigmas, *self.window, chunks=chunks).to(dtype))
+            self._gate["last"] = last
+        return last[3]
+
+    def mask_rows(self, extra_options: dict, tokens: int, chunks: int, batch: int, device: torch.device,
+                  dtype: torch.dtype) -> Tensor:
+        """The mask on this layer's token grid, [chunks * batch, tokens, 1], cached per layout."""
+        return self._masks.get(extra_options["original_shape"], tokens, chunks, batch, device, dtype)
 
     def release_except(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the patch)."""
@@ -89,23 +130,38 @@ class ImageBranch:
             del self._kv[key]
         for index in [i for i, (key, _, _) in self._rows.items() if not same(key[2])]:
             del self._rows[index]
+        self._gate.clear()
+        if self._masks is not None:
+            self._masks.release_except(device)
 
 
 @dataclass(frozen=True, eq=False)
 class SlotPatch:
-    """attn2 replace for one slot: `previous(q, k, v) + w * Attn(q, K', V')`.
+    """attn2 replace for one slot: `previous(q, k, v) + w * mask * Attn(q, K', V')`.
 
     `previous` is the patch that held the slot before (it then computes the text
     branch, plus its own additions); None means plain attention with the host's
     backend. `attention` is the backend (ComfyUI's `optimized_attention`).
+    The layer's effective weight is fixed at construction.
     """
 
     branch: ImageBranch
     layer_index: int
     attention: AttentionFn
     previous: AttnPatch | None = None
+    weight: float = field(init=False)
+    _scale_output: bool = field(init=False, repr=False)
+    _owns_output: bool = field(init=False, repr=False)
 
-    def __deepcopy__(self, memo: dict) -> "SlotPatch":
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", self.branch.layer_weight(self.layer_index))
+        object.__setattr__(self, "_scale_output", self.branch.embeds_scaling is EmbedsScaling.V_ONLY)
+        # The text branch's output is ours to add into unless a foreign patch made it.
+        previous = self.previous
+        owned = previous is None or (isinstance(previous, SlotPatch) and (previous._owns_output or previous.weight != 0))
+        object.__setattr__(self, "_owns_output", owned)
+
+    def __deepcopy__(self, memo: dict) -> SlotPatch:
         return self
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
@@ -115,20 +171,27 @@ class SlotPatch:
             out = self.previous(q, k, v, extra_options)
         else:
             out = self.attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
-        weight = self.branch.layer_weight(self.layer_index)
-        if weight == 0.0:
+        if self.weight == 0.0:
             return out
+        branch = self.branch
         chunks: Sequence[int] = extra_options["cond_or_uncond"]
         batch = q.shape[0] // len(chunks)
-        k_ip, v_ip = self.branch.rows(self.layer_index, chunks, batch, q.device, q.dtype)
+        k_ip, v_ip = branch.rows(self.layer_index, chunks, batch, q.device, q.dtype)
         term = image_term(q, k_ip, v_ip, heads, self.attention, attn_precision=precision,
                           transformer_options=extra_options)
-        if self.branch.window is None:
-            return out + term * weight
-        gate = schedule_gate(extra_options["sigmas"], *self.branch.window, chunks=len(chunks))
-        return out + term * (gate.to(term.dtype) * weight)
+        # In place on tensors made in this call (no autograd: ComfyUI samples in inference mode).
+        inplace = not torch.is_grad_enabled()
+        if self._scale_output:
+            term = term.mul_(self.weight) if inplace else term * self.weight
+        if branch.window is not None:
+            gate = branch.gate(extra_options["sigmas"], len(chunks), term.dtype)
+            term = term.mul_(gate) if inplace else term * gate
+        if branch.mask is not None:
+            mask = branch.mask_rows(extra_options, q.shape[1], len(chunks), batch, q.device, term.dtype)
+            term = term.mul_(mask) if inplace else term * mask
+        return out.add_(term) if inplace and self._owns_output else out + term
 
-    def to(self, device_or_dtype: Any) -> "SlotPatch":
+    def to(self, device_or_dtype: Any) -> SlotPatch:
         """Called by ComfyUI on load/offload; moves nothing itself, frees K/V left elsewhere."""
         if isinstance(device_or_dtype, (torch.device, str)):
             self.branch.release_except(torch.device(device_or_dtype))

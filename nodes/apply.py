@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+import logging
 
+from comfy_api.latest import io
+from torch import Tensor
+
+from ..ip_adapter import weighting
+from ..ip_adapter.attention import EmbedsScaling
 from ..ip_adapter.errors import ImagePromptError
+from ..ip_adapter.masking import check_mask
 from ..ip_adapter.patch import ImageBranch
 from ..ip_adapter.prompt import ImagePrompt
 from . import comfy_bridge
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
+
+logger = logging.getLogger(__name__)
 
 
 class ApplyIPAdapter(io.ComfyNode):
@@ -18,7 +26,8 @@ class ApplyIPAdapter(io.ComfyNode):
             node_id="ApplyIPAdapter",
             display_name="Apply IP-Adapter",
             category="ip_adapter",
-            description="Adds weight x Attn(Q, K_image, V_image) to every cross-attention layer of a clone of "
+            description="Adds weight x Attn(Q, K_image, V_image) to the cross-attention layers (all, or those the weight "
+                        "type picks; inside attn_mask if given) of a clone of "
                         "the model. The input model is not changed; chains of this node stack.",
             inputs=[
                 io.Model.Input("model", tooltip="The UNet to patch (SD1.5 or SDXL, matching the adapter)."),
@@ -32,31 +41,75 @@ class ApplyIPAdapter(io.ComfyNode):
                                        "acting (as in Apply ControlNet)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Fraction of the schedule at which it stops acting."),
+                # New inputs are optional and appended, so saved workflows stay valid.
+                io.Combo.Input("weight_type", options=list(weighting.WEIGHT_TYPES), default=weighting.LINEAR,
+                               optional=True,
+                               tooltip="How the weight is spread over the UNet's layers (README: 'Weight types'). "
+                                       "linear: all alike; ease in/out...: a curve over the layers; weak/strong: "
+                                       "x0.2 on some blocks; style transfer / composition: only the blocks that "
+                                       "carry style / layout (InstantStyle); precise: the other blocks push away "
+                                       "from the reference (needs cfg > 1)."),
+                io.Combo.Input("embeds_scaling", options=[m.value for m in EmbedsScaling],
+                               default=EmbedsScaling.V_ONLY.value, optional=True,
+                               tooltip="Where the weight enters the image attention. V only: weight x output (the "
+                                       "paper). K+V: scales the image keys and values, which also sharpens the "
+                                       "attention. C penalty: weight x layer width / 1280 first. K+mean(V): scales "
+                                       "only the mean of V."),
+                io.Mask.Input("attn_mask", optional=True,
+                              tooltip="Optional. The image prompt acts only where the mask is 1 (blends in "
+                                      "between). Any size: it is resized to each layer's grid. One mask for "
+                                      "all latents, or one per latent."),
+                io.String.Input("layer_weights", default="", multiline=True, optional=True,
+                                tooltip="Optional, for experts: one multiplier per cross-attention layer, in "
+                                        "checkpoint order (ip_adapter.1, .3, ...): 16 numbers for SD1.5, 70 for "
+                                        "SDXL, separated by commas, spaces or new lines, e.g. '1, 1, 0.5, 0, ...'. "
+                                        "0 skips a layer. Replaces weight_type's table (precise types keep their "
+                                        "inverted layers). Empty: use weight_type."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float,
-                start_percent: float, end_percent: float) -> io.NodeOutput:
-        if start_percent > end_percent:
-            raise ImagePromptError(
-                f"ApplyIPAdapter: start_percent ({start_percent}) is after end_percent ({end_percent}); "
-                "set start_percent <= end_percent."
-            )
-        if image_prompt.spec != ip_adapter.spec:
-            raise ImagePromptError(
-                f"ApplyIPAdapter: the image prompt was encoded for a {image_prompt.spec.describe()} adapter, "
-                f"but '{ip_adapter.name}' is {ip_adapter.spec.describe()}. Encode with the same adapter."
-            )
-        comfy_bridge.check_model_fits(model, ip_adapter.spec, ip_adapter.name)
-        if weight == 0.0:
+                start_percent: float, end_percent: float, weight_type: str = weighting.LINEAR,
+                embeds_scaling: str = EmbedsScaling.V_ONLY.value, attn_mask: Tensor | None = None,
+                layer_weights: str = "") -> io.NodeOutput:
+        _check_inputs(model, ip_adapter, image_prompt, start_percent, end_percent)
+        base = ip_adapter.spec.base
+        plan = weighting.layer_plan(base, weight_type, weighting.parse_layer_weights(layer_weights, base))
+        mask = check_mask(attn_mask) if attn_mask is not None else None
+        if weight == 0.0 or not plan.active():
+            if weight != 0.0:
+                logger.info("ApplyIPAdapter: every layer multiplier is 0; the model is returned unchanged.")
             return io.NodeOutput(model.clone())
         branch = ImageBranch(
-            adapter=ip_adapter.model,
-            prompt=image_prompt,
-            weight=float(weight),
+            adapter=ip_adapter.model, prompt=image_prompt, weight=float(weight),
             window=comfy_bridge.sigma_window(model, start_percent, end_percent),
-            models=(ip_adapter.patcher,),
+            layer_weights=dict(plan.multipliers), models=(ip_adapter.patcher,),
+            embeds_scaling=_scaling(embeds_scaling), inverted=plan.inverted, mask=mask,
         )
         return io.NodeOutput(comfy_bridge.patched_clone(model, branch, ip_adapter.spec))
+
+
+def _check_inputs(model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, start_percent: float,
+                  end_percent: float) -> None:
+    if start_percent > end_percent:
+        raise ImagePromptError(
+            f"ApplyIPAdapter: start_percent ({start_percent}) is after end_percent ({end_percent}); "
+            "set start_percent <= end_percent."
+        )
+    if image_prompt.spec != ip_adapter.spec:
+        raise ImagePromptError(
+            f"ApplyIPAdapter: the image prompt was encoded for a {image_prompt.spec.describe()} adapter, "
+            f"but '{ip_adapter.name}' is {ip_adapter.spec.describe()}. Encode with the same adapter."
+        )
+    comfy_bridge.check_model_fits(model, ip_adapter.spec, ip_adapter.name)
+
+
+def _scaling(name: str) -> EmbedsScaling:
+    try:
+        return EmbedsScaling(name)
+    except ValueError:
+        raise ImagePromptError(
+            f"ApplyIPAdapter embeds_scaling: unknown '{name}'; choose one of {[m.value for m in EmbedsScaling]}."
+        ) from None

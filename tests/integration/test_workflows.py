@@ -30,10 +30,11 @@ from support.comfy_prompts import PromptRunner
 UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
     "sd15_image_prompt", "sdxl_image_prompt", "sd15_plus_image_text", "sd15_image_prompt_controlnet",
-    "sd15_img2img_image_prompt", "sd15_two_adapters", "sd15_inpaint_image_prompt",
+    "sd15_img2img_image_prompt", "sd15_two_adapters", "sd15_inpaint_image_prompt", "sd15_regional_masks",
+    "sdxl_style_transfer",
 }
 #: comfy_extras modules whose nodes the workflows use (not registered by ``nodes.py`` itself).
-EXTRAS = ["nodes_canny.py"]
+EXTRAS = ["nodes_canny.py", "nodes_mask.py"]
 
 #: The names the files are published under (README table; Hugging Face h94/IP-Adapter,
 #: runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0,

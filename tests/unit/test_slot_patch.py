@@ -8,7 +8,7 @@ import pytest
 import torch
 from support import checkpoints
 
-from ipadapter_pack.ip_adapter.attention import sdpa_attention
+from ipadapter_pack.ip_adapter.attention import EmbedsScaling, schedule_gate, sdpa_attention
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
 from ipadapter_pack.ip_adapter.patch import ImageBranch, SlotPatch, slot_patches
 from ipadapter_pack.ip_adapter.prompt import ImagePrompt
@@ -187,3 +187,148 @@ def test_image_rows_are_reused_across_steps_and_rebuilt_when_the_batch_changes(a
     assert branch._rows[LAYER][1] is first  # same storage, no per-step allocation
     patch(q[:2], k[:2], v[:2], _options([0], [1.0, 1.0]))  # cfg 1: cond rows only
     assert branch._rows[LAYER][1] is not first and branch._rows[LAYER][1].shape[0] == 2
+
+
+# --- control: embeds scaling, inverted layers, masks, lean hot path (issue 3) ---
+
+def _term(q: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor) -> torch.Tensor:
+    return sdpa_attention(q, k_tokens.expand(q.shape[0], -1, -1), v_tokens.expand(q.shape[0], -1, -1), HEADS)
+
+
+def _layer_kv(adapter: IPAdapterModel, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = adapter.ip_adapter[str(LAYER)]
+    with torch.no_grad():
+        return layer.to_k_ip(tokens), layer.to_v_ip(tokens)
+
+
+@pytest.mark.parametrize("window,sigmas", [(None, [1.0, 1.0]), ((10.0, 2.0), [5.0, 11.0])])
+def test_v_only_is_bit_identical_to_the_expression_before_issue_3(adapter, window, sigmas) -> None:
+    """The default path must keep the foundation's numbers exactly: `out + term * w` (gated: `* (gate * w)`)."""
+    prompt = _prompt(adapter, 1)
+    q, k, v = _qkv(4)
+    options = _options([1, 0], sigmas)
+    with torch.no_grad():
+        out = SlotPatch(ImageBranch(adapter, prompt, 0.7, window=window), LAYER, sdpa_attention)(q, k, v, options)
+        k_ip = torch.cat([_layer_kv(adapter, prompt.uncond)[0].expand(2, -1, -1),
+                          _layer_kv(adapter, prompt.cond)[0].expand(2, -1, -1)])
+        v_ip = torch.cat([_layer_kv(adapter, prompt.uncond)[1].expand(2, -1, -1),
+                          _layer_kv(adapter, prompt.cond)[1].expand(2, -1, -1)])
+        term = sdpa_attention(q, k_ip, v_ip, HEADS)
+        text = sdpa_attention(q, k, v, HEADS)
+        if window is None:
+            expected = text + term * 0.7
+        else:
+            gate = schedule_gate(torch.tensor(sigmas), *window, chunks=2)
+            expected = text + term * (gate.to(term.dtype) * 0.7)
+    assert torch.equal(out, expected)
+
+
+def test_image_term_is_added_in_place_into_the_fresh_text_output(adapter) -> None:
+    made = []
+
+    def attention(q, k, v, heads, **kwargs):
+        made.append(sdpa_attention(q, k, v, heads))
+        return made[-1]
+
+    mask = torch.zeros(1, 8, 8)
+    mask[..., :4] = 1
+    branch = ImageBranch(adapter, _prompt(adapter, 1), 0.7, window=(10.0, 2.0), mask=mask)
+    patch = SlotPatch(branch, LAYER, attention)
+    q, k, v = _qkv(2)
+    options = {**_options([1, 0], [5.0]), "original_shape": [1, 4, 8, 8]}
+    with torch.no_grad():
+        out = patch(q, k, v, options)
+    assert out.data_ptr() == made[0].data_ptr()  # no new output tensor
+    with torch.enable_grad():  # autograd on: nothing in place, same numbers
+        again = patch(q, k, v, options)
+    assert again.data_ptr() != made[-2].data_ptr() and torch.equal(again, out)
+
+
+def test_a_foreign_patchs_output_is_never_modified(adapter) -> None:
+    kept = {}
+
+    def foreign(q, k, v, extra_options):
+        kept["out"] = sdpa_attention(q, k, v, HEADS)
+        kept["copy"] = kept["out"].clone()
+        return kept["out"]
+
+    q, k, v = _qkv(2)
+    with torch.no_grad():
+        SlotPatch(ImageBranch(adapter, _prompt(adapter, 1), 1.0), LAYER, sdpa_attention, previous=foreign)(
+            q, k, v, _options([0], [1.0]))
+    assert torch.equal(kept["out"], kept["copy"])
+
+
+@pytest.mark.parametrize("mode", list(EmbedsScaling))
+def test_embeds_scaling_modes_follow_the_reference_formulas(adapter, mode) -> None:
+    prompt, weight = _prompt(adapter, 1), 0.6
+    q, k, v = _qkv(2)
+    k_ip, v_ip = _layer_kv(adapter, prompt.cond)
+    penalized = weight * WIDTH / 1280.0
+    if mode is EmbedsScaling.V_ONLY:
+        term = weight * _term(q, k_ip, v_ip)
+    elif mode is EmbedsScaling.K_V:
+        term = _term(q, k_ip * weight, v_ip * weight)
+    elif mode is EmbedsScaling.K_V_PENALTY:
+        term = _term(q, k_ip * penalized, v_ip * penalized)
+    else:
+        mean = v_ip.mean(dim=1, keepdim=True)
+        term = _term(q, k_ip * penalized, v_ip - mean + mean * penalized)
+    with torch.no_grad():
+        out = SlotPatch(ImageBranch(adapter, prompt, weight, embeds_scaling=mode), LAYER, sdpa_attention)(
+            q, k, v, _options([0], [1.0]))
+    torch.testing.assert_close(out, sdpa_attention(q, k, v, HEADS) + term, rtol=0, atol=1e-5)
+
+
+def test_scaling_modes_differ_from_each_other(adapter) -> None:
+    q, k, v = _qkv(2)
+    outs = [SlotPatch(ImageBranch(adapter, _prompt(adapter, 1), 0.6, embeds_scaling=mode), LAYER, sdpa_attention)(
+        q, k, v, _options([0], [1.0])) for mode in EmbedsScaling]
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            assert (outs[i] - outs[j]).abs().max() > 1e-4, (i, j)
+
+
+def test_an_inverted_layer_gives_cond_rows_nothing_and_uncond_rows_the_reference(adapter) -> None:
+    prompt = _prompt(adapter, 1)
+    branch = ImageBranch(adapter, prompt, 0.8, inverted=frozenset({LAYER}))
+    q, k, v = _qkv(4)  # [1, 0]: rows 0-1 uncond, rows 2-3 cond
+    with torch.no_grad():
+        out = SlotPatch(branch, LAYER, sdpa_attention)(q, k, v, _options([1, 0], [1.0]))
+    text = sdpa_attention(q, k, v, HEADS)
+    assert torch.equal(out[2:], text[2:])
+    expected = text[:2] + 0.8 * _term(q[:2], *_layer_kv(adapter, prompt.cond))
+    torch.testing.assert_close(out[:2], expected, rtol=0, atol=1e-5)
+
+
+def test_mask_confines_the_term_per_token_and_per_latent(adapter) -> None:
+    prompt = _prompt(adapter, 1)
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :, :4] = 1.0  # latent 0: left half; latent 1: nothing
+    q, k, v = _qkv(4)  # 64 tokens = an 8x8 grid; chunks [1, 0] x 2 latents
+    options = {**_options([1, 0], [1.0, 1.0]), "original_shape": [2, 4, 8, 8]}
+    with torch.no_grad():
+        masked = SlotPatch(ImageBranch(adapter, prompt, 1.0, mask=masks), LAYER, sdpa_attention)(q, k, v, options)
+        full = SlotPatch(ImageBranch(adapter, prompt, 1.0), LAYER, sdpa_attention)(q, k, v, options)
+    text = sdpa_attention(q, k, v, HEADS)
+    left = torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :4] = True
+    left = left.flatten()
+    for row in (0, 2):  # latent 0 in the uncond and cond chunks
+        assert torch.equal(masked[row, left], full[row, left])
+        assert torch.equal(masked[row, ~left], text[row, ~left])
+    for row in (1, 3):  # latent 1: its mask is empty
+        assert torch.equal(masked[row], text[row])
+
+
+def test_the_gate_is_computed_once_per_step(adapter) -> None:
+    branch = ImageBranch(adapter, _prompt(adapter, 1), 1.0, window=(10.0, 2.0))
+    sigmas = torch.tensor([5.0])
+    first = branch.gate(sigmas, 2, torch.float32)
+    assert branch.gate(sigmas, 2, torch.float32) is first  # every layer of the step shares it
+    assert branch.gate(torch.tensor([5.0]), 2, torch.float32) is not first  # next step: new sigmas tensor
+
+
+def test_the_layer_weight_is_fixed_when_the_patch_is_made(adapter) -> None:
+    branch = ImageBranch(adapter, _prompt(adapter, 1), 0.5, layer_weights={LAYER: 0.4})
+    assert SlotPatch(branch, LAYER, sdpa_attention).weight == pytest.approx(0.2)
