@@ -47,7 +47,7 @@ class IPAdapterModel(nn.Module):
         )
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, Tensor], source: str = "checkpoint") -> "IPAdapterModel":
+    def from_state_dict(cls, sd: Mapping[str, Tensor], source: str = "checkpoint") -> IPAdapterModel:
         """Build the module the keys describe and load it strictly."""
         spec = detect_spec(sd, source)
         image_proj_sd, _ = split(sd)
@@ -65,7 +65,7 @@ class IPAdapterModel(nn.Module):
         return model.eval().requires_grad_(False)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> "IPAdapterModel":
+    def from_file(cls, path: str | os.PathLike[str]) -> IPAdapterModel:
         """Read, detect and load a checkpoint; errors name the file."""
         return cls.from_state_dict(read_file(path), source=os.path.basename(os.fspath(path)))
 

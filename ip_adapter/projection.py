@@ -33,7 +33,7 @@ class ImageProjModel(nn.Module):
         self.norm = nn.LayerNorm(cross_attention_dim)
 
     @classmethod
-    def from_shapes(cls, sd: Mapping[str, Tensor]) -> "ImageProjModel":
+    def from_shapes(cls, sd: Mapping[str, Tensor]) -> ImageProjModel:
         rows, clip_dim = sd["proj.weight"].shape
         cross = sd["norm.weight"].shape[0]
         return cls(clip_dim, cross, rows // cross)
@@ -60,7 +60,7 @@ class MLPProjModel(nn.Module):
         )
 
     @classmethod
-    def from_shapes(cls, sd: Mapping[str, Tensor]) -> "MLPProjModel":
+    def from_shapes(cls, sd: Mapping[str, Tensor]) -> MLPProjModel:
         return cls(sd["proj.0.weight"].shape[1], sd["proj.2.weight"].shape[0])
 
     def forward(self, hidden_states: Tensor) -> Tensor:
@@ -136,7 +136,7 @@ class Resampler(nn.Module):
         )
 
     @classmethod
-    def from_shapes(cls, sd: Mapping[str, Tensor]) -> "Resampler":
+    def from_shapes(cls, sd: Mapping[str, Tensor]) -> Resampler:
         _, num_queries, dim = sd["latents"].shape
         depth = len({key.split(".")[1] for key in sd if key.startswith("layers.")})
         return cls(

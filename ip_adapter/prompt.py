@@ -51,7 +51,7 @@ class ImagePrompt:
     def tokens(self) -> int:
         return self.cond.shape[1]
 
-    def __deepcopy__(self, memo: dict) -> "ImagePrompt":
+    def __deepcopy__(self, memo: dict) -> ImagePrompt:
         return self  # immutable
 
 

@@ -37,7 +37,7 @@ def read_tensor_file(path: str | os.PathLike[str], *, what: str, error: type[Exc
             f"Refused to load '{name}': it is a pickle that contains more than tensors "
             f"({str(exc).splitlines()[0][:200]}). Pickles can run code when loaded; {safer}"
         ) from None
-    except Exception as exc:  # safetensors and zip errors have many types
+    except Exception as exc:  # noqa: BLE001 -- safetensors and zip errors have many types
         if "TorchScript" in str(exc):
             raise error(
                 f"'{name}' is a TorchScript archive; it is not read because loading it runs code. {safer}"

@@ -27,7 +27,11 @@ class IPAdapterExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         import folder_paths
 
-        from ..utils.model_folders import CLIP_SCORING_FOLDER, IPADAPTER_FOLDER, register_model_folder
+        from ..utils.model_folders import (
+            CLIP_SCORING_FOLDER,
+            IPADAPTER_FOLDER,
+            register_model_folder,
+        )
 
         for name in (IPADAPTER_FOLDER, CLIP_SCORING_FOLDER):
             register_model_folder(folder_paths, name)

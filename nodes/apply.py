@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from comfy_api.latest import io
 from torch import Tensor
@@ -74,7 +75,7 @@ class ApplyIPAdapter(io.ComfyNode):
                 start_percent: float, end_percent: float, weight_type: str = weighting.LINEAR,
                 embeds_scaling: str = EmbedsScaling.V_ONLY.value, attn_mask: Tensor | None = None,
                 layer_weights: str = "") -> io.NodeOutput:
-        _check_inputs(model, ip_adapter, image_prompt, start_percent, end_percent)
+        _check_inputs(model, ip_adapter, image_prompt, weight, start_percent, end_percent)
         base = ip_adapter.spec.base
         plan = weighting.layer_plan(base, weight_type, weighting.parse_layer_weights(layer_weights, base))
         mask = check_mask(attn_mask) if attn_mask is not None else None
@@ -91,8 +92,11 @@ class ApplyIPAdapter(io.ComfyNode):
         return io.NodeOutput(comfy_bridge.patched_clone(model, branch, ip_adapter.spec))
 
 
-def _check_inputs(model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, start_percent: float,
-                  end_percent: float) -> None:
+def _check_inputs(model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float,
+                  start_percent: float, end_percent: float) -> None:
+    if not math.isfinite(weight):
+        # ComfyUI's range check lets NaN through (NaN > max is False); it would turn every sample to NaN.
+        raise ImagePromptError(f"ApplyIPAdapter: weight is {weight}; give a number between -1 and 3.")
     if start_percent > end_percent:
         raise ImagePromptError(
             f"ApplyIPAdapter: start_percent ({start_percent}) is after end_percent ({end_percent}); "

@@ -8,7 +8,13 @@ is CLIP's image transform for IMAGE tensors, `metrics` holds the two definitions
 imported only when a model or tokenizer is built.
 """
 
-from .checkpoint import KNOWN_ARCHITECTURES, Architecture, ScorerFormatError, Signature, infer_architecture
+from .checkpoint import (
+    KNOWN_ARCHITECTURES,
+    Architecture,
+    ScorerFormatError,
+    Signature,
+    infer_architecture,
+)
 from .metrics import CLIPSCORE_W, PAIRINGS, clip_i, clip_t
 from .scorer import ACTIVATIONS, CLIPScorer, Scores, load_scorer, scorer_from_state_dict
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .checkpoint import ScorerFormatError, read_model_config
 from .metrics import PAIRINGS, clip_i, clip_t
 from .report import Row, format_table, plot_scores, to_dict
-from .checkpoint import ScorerFormatError, read_model_config
 from .scorer import ACTIVATIONS, load_scorer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

@@ -49,7 +49,7 @@ def clip_preprocess(images: Tensor, size: int = 224,
     if (new_h, new_w) != (height, width):
         x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True,
                                             align_corners=False).clamp_(0.0, 1.0)  # as PIL on 8-bit
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
     x = x[..., top:top + size, left:left + size]
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

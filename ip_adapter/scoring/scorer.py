@@ -117,7 +117,9 @@ class CLIPScorer:
     """
 
     def __init__(self, model: torch.nn.Module, architecture: Architecture, quick_gelu: bool, name: str):
-        from open_clip.tokenizer import SimpleTokenizer  # bundled BPE vocabulary; no download
+        from open_clip.tokenizer import (
+            SimpleTokenizer,  # bundled BPE vocabulary; no download
+        )
 
         self.model = model
         self.architecture = architecture

@@ -21,7 +21,10 @@ from __future__ import annotations
 import pytest
 import torch
 from support import checkpoints
-from support.clip_vision_files import write_clip_vision_openclip_vit_h, write_clip_vision_vit_h
+from support.clip_vision_files import (
+    write_clip_vision_openclip_vit_h,
+    write_clip_vision_vit_h,
+)
 from support.comfy_harness import run_node
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ class StandIn:
         self.calls = 0
 
     def __call__(self, q, k, v, extra_options):
-        import comfy.ldm.modules.attention as attention
+        from comfy.ldm.modules import attention
 
         self.calls += 1
         return 0.9 * attention.optimized_attention(q, k, v, extra_options["n_heads"])
@@ -33,7 +33,7 @@ def test_foreign_patch_keeps_running_under_the_adapter(comfy, model_dirs, tmp_pa
     clip_vision = tiny_comfy_clip_vision(tmp_path)
     (prompt,) = run_node("EncodeImagePrompt", ip_adapter=adapter, clip_vision=clip_vision,
                          image=torch.rand(1, 64, 64, 3), fit="center crop")
-    apply = dict(ip_adapter=adapter, image_prompt=prompt, weight=1.0, start_percent=0.0, end_percent=1.0)
+    apply = {"ip_adapter": adapter, "image_prompt": prompt, "weight": 1.0, "start_percent": 0.0, "end_percent": 1.0}
     (both,) = run_node("ApplyIPAdapter", model=foreign, **apply)
     (adapter_only,) = run_node("ApplyIPAdapter", model=model, **apply)
 

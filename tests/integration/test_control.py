@@ -146,7 +146,7 @@ def test_half_image_mask_confines_the_term_in_every_layer(comfy, model_dirs, cli
     exactly 0 on tokens well right of the middle and non-zero on tokens well left of it."""
     adapter = _adapter(model_dirs, "ip-adapter-plus_sd15")
     masked = _apply(sd15, adapter, _prompt(adapter, clip_vision), attn_mask=_half_mask(256, 384)[0])
-    import comfy.ldm.modules.attention as attention
+    from comfy.ldm.modules import attention
 
     added: dict = {}
     for key, ours in list(_attn2(masked).items()):

@@ -9,7 +9,6 @@ from collections import Counter
 
 import pytest
 import torch
-
 from support import comfy_harness, comfy_prompts, unets
 
 LATENT = 16  # 16x16 latent = 128 px

@@ -64,7 +64,7 @@ def test_schema_types_tooltips_and_folder(comfy, score) -> None:
     outputs = [o.io_type for o in score.ScoreImagePrompt.define_schema().outputs]
     assert outputs == ["FLOAT", "FLOAT", "STRING", "STRING", "IMAGE"]
     paths, extensions = fp.folder_names_and_paths[FOLDER]
-    assert any(p.endswith(f"models/{FOLDER}") or p.endswith(f"models\\{FOLDER}") for p in paths)
+    assert any(p.endswith((f"models/{FOLDER}", f"models\\{FOLDER}")) for p in paths)
     assert {".safetensors", ".bin"} <= extensions
 
 

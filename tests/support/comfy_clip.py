@@ -12,7 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .clip_vision_files import save_clip_vision_config, tiny_clip_vision_config, tiny_clip_vision_state_dict
+from .clip_vision_files import (
+    save_clip_vision_config,
+    tiny_clip_vision_config,
+    tiny_clip_vision_state_dict,
+)
 
 
 def tiny_comfy_clip_vision(folder: Path, *, hidden: int = 1280, projection_dim: int = 1024, seed: int = 0):

@@ -25,10 +25,11 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_COMFYUI = Path("~/comfy/ComfyUI").expanduser()
@@ -224,7 +225,7 @@ def boot_comfyui(
     saved_argv = sys.argv
     sys.argv = [str(root / "main.py"), *argv]
     try:
-        import comfy.cli_args as cli_args
+        from comfy import cli_args
 
         if already_parsed:
             # Imported earlier with default args: re-parse in place, unless the device was
@@ -240,13 +241,13 @@ def boot_comfyui(
 
     # Must precede every module that inserts ComfyUI/comfy at sys.path[0] (nodes.py does):
     # after that, `import utils` would find comfy/utils.py and server.py would fail.
-    import utils.install_util  # noqa: F401  (ComfyUI's utils package)
-    import utils.extra_config  # noqa: F401
-
-    import comfy.utils  # noqa: F401
-    import comfy.model_management as model_management
+    import comfy.utils
     import execution
     import folder_paths
+    import utils.extra_config
+    import utils.install_util  # noqa: F401  (ComfyUI's utils package)
+    from comfy import model_management
+
     import nodes
 
     asyncio.run(nodes.init_public_apis())

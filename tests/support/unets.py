@@ -30,7 +30,8 @@ How the two noise predictions are made comparable (what the parity tests compare
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -210,23 +211,23 @@ def diffusers_config(unet_config: Mapping[str, Any]) -> dict:
     else:
         heads = [max(w // unet_config["num_head_channels"], 1) for w in widths]
 
-    cfg = dict(
-        sample_size=unet_config.get("image_size", 32),
-        in_channels=unet_config["in_channels"],
-        out_channels=unet_config["out_channels"],
-        down_block_types=tuple(down),
-        up_block_types=tuple(up),
-        block_out_channels=tuple(widths),
-        layers_per_block=per_block,
-        transformer_layers_per_block=layers,
-        cross_attention_dim=unet_config["context_dim"],
-        attention_head_dim=heads,
-        use_linear_projection=bool(unet_config["use_linear_in_transformer"]),
-        norm_num_groups=32,
-        norm_eps=1e-5,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-    )
+    cfg = {
+        "sample_size": unet_config.get("image_size", 32),
+        "in_channels": unet_config["in_channels"],
+        "out_channels": unet_config["out_channels"],
+        "down_block_types": tuple(down),
+        "up_block_types": tuple(up),
+        "block_out_channels": tuple(widths),
+        "layers_per_block": per_block,
+        "transformer_layers_per_block": layers,
+        "cross_attention_dim": unet_config["context_dim"],
+        "attention_head_dim": heads,
+        "use_linear_projection": bool(unet_config["use_linear_in_transformer"]),
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+    }
     adm = unet_config.get("adm_in_channels")
     if adm:
         cfg.update(

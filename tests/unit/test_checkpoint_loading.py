@@ -7,11 +7,10 @@ import pickle
 
 import pytest
 import torch
-from support import checkpoints
-
 from ipadapter_pack.ip_adapter.errors import AdapterFormatError
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
 from ipadapter_pack.ip_adapter.state_dict import detect_spec, read_file
+from support import checkpoints
 
 BASES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
@@ -104,7 +103,7 @@ def test_missing_layer_key_is_named() -> None:
 
 
 def test_missing_projection_key_is_named() -> None:
-    sd, key = checkpoints.state_dict_missing_key("ip-adapter-plus_sd15", key="image_proj.layers.2.0.to_kv.weight")
+    sd, _key = checkpoints.state_dict_missing_key("ip-adapter-plus_sd15", key="image_proj.layers.2.0.to_kv.weight")
     with pytest.raises(AdapterFormatError, match=r"missing keys image_proj\.layers\.2\.0\.to_kv\.weight"):
         IPAdapterModel.from_state_dict(sd, "x.safetensors")
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import checkpoints
-
 from ipadapter_pack.ip_adapter.errors import ImagePromptError
 from ipadapter_pack.ip_adapter.prompt import ImagePrompt
 from ipadapter_pack.ip_adapter.state_dict import detect_spec
+from support import checkpoints
 
 SPEC = detect_spec(checkpoints.ip_adapter_state_dict("ip-adapter_sd15", "small"), "sd15")
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from ipadapter_pack.utils.images import LARGE_SIDE, check_image_batch, pad_to_square, shrink_for_encoder, to_rgb
+from ipadapter_pack.utils.images import (
+    LARGE_SIDE,
+    check_image_batch,
+    pad_to_square,
+    shrink_for_encoder,
+    to_rgb,
+)
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])

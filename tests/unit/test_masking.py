@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ipadapter_pack.ip_adapter.errors import ImagePromptError
-from ipadapter_pack.ip_adapter.masking import MaskCache, check_mask, mask_rows, token_grid
+from ipadapter_pack.ip_adapter.masking import (
+    MaskCache,
+    check_mask,
+    mask_rows,
+    token_grid,
+)
 
 CPU = torch.device("cpu")
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import checkpoints
-
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
 from ipadapter_pack.ip_adapter.state_dict import split
+from support import checkpoints
 
 diffusers_unet_loader = pytest.importorskip("diffusers.loaders.unet")
 

@@ -7,8 +7,6 @@ import pickle
 
 import pytest
 import torch
-from support import clip_vision_files, openclip_checkpoints as oc
-
 from ipadapter_pack.ip_adapter.scoring.checkpoint import (
     KNOWN_ARCHITECTURES,
     ScorerFormatError,
@@ -17,6 +15,8 @@ from ipadapter_pack.ip_adapter.scoring.checkpoint import (
     signature,
 )
 from ipadapter_pack.ip_adapter.scoring.scorer import load_scorer, scorer_from_state_dict
+from support import clip_vision_files
+from support import openclip_checkpoints as oc
 
 TINY = {"tiny": oc.TINY_CONFIG}
 # Heads per tower of the published models (not visible in any tensor; the config must supply them).

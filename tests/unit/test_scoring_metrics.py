@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-from support import openclip_checkpoints as oc
-
 from ipadapter_pack.ip_adapter.scoring import metrics
 from ipadapter_pack.ip_adapter.scoring.scorer import load_scorer
+from support import openclip_checkpoints as oc
 
 TINY = {"tiny": oc.TINY_CONFIG}
 

@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
-from support import openclip_checkpoints as oc
-
 from ipadapter_pack.ip_adapter.scoring.checkpoint import ScorerFormatError
 from ipadapter_pack.ip_adapter.scoring.preprocess import clip_preprocess
 from ipadapter_pack.ip_adapter.scoring.scorer import load_scorer, resolve_activation
+from support import openclip_checkpoints as oc
 
 TINY = {"tiny": oc.TINY_CONFIG}
 CAPTIONS = ["a photo of a dog", "a red car on a street at night", ""]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ipadapter_pack.ip_adapter.scoring.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    clip_preprocess,
+    resized_size,
+)
 from PIL import Image
-
-from ipadapter_pack.ip_adapter.scoring.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess, resized_size
 
 
 def _smooth_uint8(height: int, width: int, seed: int) -> np.ndarray:

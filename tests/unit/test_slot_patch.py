@@ -6,12 +6,15 @@ import copy
 
 import pytest
 import torch
-from support import checkpoints
-
-from ipadapter_pack.ip_adapter.attention import EmbedsScaling, schedule_gate, sdpa_attention
+from ipadapter_pack.ip_adapter.attention import (
+    EmbedsScaling,
+    schedule_gate,
+    sdpa_attention,
+)
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
 from ipadapter_pack.ip_adapter.patch import ImageBranch, SlotPatch, slot_patches
 from ipadapter_pack.ip_adapter.prompt import ImagePrompt
+from support import checkpoints
 
 HEADS, WIDTH, LAYER = 8, 128, 31  # layer 31 = SD1.5 middle block, 128 wide in the small layout
 

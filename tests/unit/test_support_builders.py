@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-
 from support import checkpoints as ck
 from support import clip_vision_files as cv
 
@@ -189,7 +188,7 @@ def test_bin_is_nested(tmp_path) -> None:
 
 def test_bad_inputs(tmp_path) -> None:
     path = ck.write_truncated_safetensors(tmp_path / "half.safetensors")
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError):
         load_file(str(path))
     sd = ck.state_dict_with_unknown_key("ip-adapter_sd15")
     assert "image_proj.unexpected_extra.weight" in sd

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ipadapter_pack.ip_adapter import weighting
 from ipadapter_pack.ip_adapter.errors import ImagePromptError
 from ipadapter_pack.ip_adapter.layout import slot_for_layer
