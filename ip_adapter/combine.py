@@ -24,8 +24,6 @@ features before combining (what the incumbent's encoder `weight` does).
 
 from __future__ import annotations
 
-import math
-import re
 from enum import Enum
 
 import torch
@@ -33,6 +31,7 @@ from torch import Tensor
 
 from .errors import ImagePromptError
 from .model import IPAdapterModel
+from .number_list import parse_numbers
 from .prompt import ImagePrompt, concat_images
 
 
@@ -53,7 +52,6 @@ class CombineMode(str, Enum):
 
 COMBINE_MODES: tuple[str, ...] = tuple(mode.value for mode in CombineMode)
 
-_SEPARATORS = re.compile(r"[,;\s]+")
 
 
 def parse_image_weights(text: str, count: int, where: str) -> tuple[float, ...] | None:
@@ -63,21 +61,10 @@ def parse_image_weights(text: str, count: int, where: str) -> tuple[float, ...] 
     Commas, semicolons or white space separate the numbers; there must be exactly one
     finite number per image.
     """
-    parts = [part for part in _SEPARATORS.split(text.strip()) if part]
-    if not parts:
+    weights = parse_numbers(text, where, "Write one number per reference image, separated by commas, e.g. "
+                                         "'1.0, 0.5'; leave it empty for weight 1 everywhere.")
+    if weights is None:
         return None
-    weights = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            raise ImagePromptError(
-                f"{where}: '{part}' is not a number. Write one number per reference image, separated by "
-                f"commas, e.g. '1.0, 0.5'; leave it empty for weight 1 everywhere."
-            ) from None
-        if not math.isfinite(value):
-            raise ImagePromptError(f"{where}: '{part}' is not a finite number; use a value such as 0.5.")
-        weights.append(value)
     if len(weights) != count:
         raise ImagePromptError(
             f"{where}: {len(weights)} weight(s) given for {count} reference image(s); give exactly one per "

@@ -21,13 +21,12 @@ zeroed, uncond tokens = cond tokens).
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import ImagePromptError
 from .layout import slot_for_layer
+from .number_list import parse_numbers
 from .spec import BaseModel
 
 LINEAR = "linear"
@@ -138,7 +137,6 @@ def layer_plan(base: BaseModel, weight_type: str, layer_weights: Sequence[float]
     return LayerPlan(dict(sorted(multipliers.items())), inverted)
 
 
-_NUMBER_SEPARATORS = re.compile(r"[\s,;]+")
 
 
 def parse_layer_weights(text: str | None, base: BaseModel, input_name: str = "layer_weights") -> tuple[float, ...] | None:
@@ -156,16 +154,7 @@ def parse_layer_weights(text: str | None, base: BaseModel, input_name: str = "la
             f"{where}: 'block:weight' pairs (the other IP-Adapter pack's syntax) are not read here; give "
             f"{count} numbers, one per {base.value} cross-attention layer in checkpoint order, e.g. '1, 1, 0.5, ...'."
         )
-    items = [item for item in _NUMBER_SEPARATORS.split(text.strip()) if item]
-    values = []
-    for position, item in enumerate(items, start=1):
-        try:
-            value = float(item)
-        except ValueError:
-            raise ImagePromptError(f"{where}: item {position} '{item}' is not a number.") from None
-        if not math.isfinite(value):
-            raise ImagePromptError(f"{where}: item {position} '{item}' is not a finite number.")
-        values.append(value)
+    values = parse_numbers(text, where, f"Give {count} numbers, one per layer, e.g. '1, 1, 0.5, ...'.")
     if len(values) != count:
         raise ImagePromptError(
             f"{where}: got {len(values)} numbers, but a {base.value} adapter has {count} cross-attention layers; "

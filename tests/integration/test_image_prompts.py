@@ -92,7 +92,7 @@ def test_image_weights_scale_each_image_and_bad_lists_name_the_input(comfy, mode
     assert torch.equal(concat.cond, _project(adapter, torch.stack([x[0], 0 * x[1]])))
     with pytest.raises(ValueError, match=r"EncodeImagePrompt 'image_weights': 3 weight\(s\) given for 2"):
         _encode(adapter, clip_vision, image, image_weights="1 1 1")
-    with pytest.raises(ValueError, match=r"EncodeImagePrompt 'image_weights': 'x2' is not a number"):
+    with pytest.raises(ValueError, match=r"EncodeImagePrompt 'image_weights': item 2 'x2' is not a number"):
         _encode(adapter, clip_vision, image, image_weights="1, x2")
 
 

@@ -75,9 +75,9 @@ def test_weight_list_parsing_and_its_errors() -> None:
     assert parse_image_weights("1, 0.5;2\n-1", 4, WHERE) == (1.0, 0.5, 2.0, -1.0)
     with pytest.raises(ImagePromptError, match=r"EncodeImagePrompt 'image_weights': 2 weight\(s\) given for 3"):
         parse_image_weights("1, 2", 3, WHERE)
-    with pytest.raises(ImagePromptError, match=r"'image_weights': 'abc' is not a number.*'1\.0, 0\.5'"):
+    with pytest.raises(ImagePromptError, match=r"'image_weights': item 2 'abc' is not a number.*'1\.0, 0\.5'"):
         parse_image_weights("1, abc", 2, WHERE)
-    with pytest.raises(ImagePromptError, match=r"'image_weights': 'nan' is not a finite number"):
+    with pytest.raises(ImagePromptError, match=r"'image_weights': item 1 'nan' is not a finite number"):
         parse_image_weights("nan", 1, WHERE)
 
 
