@@ -241,14 +241,16 @@ def boot_comfyui(
 
     # Must precede every module that inserts ComfyUI/comfy at sys.path[0] (nodes.py does):
     # after that, `import utils` would find comfy/utils.py and server.py would fail.
+    # isort: off
+    import utils.install_util  # ComfyUI's utils package, first
+    import utils.extra_config  # noqa: F401
+
     import comfy.utils
+    from comfy import model_management
     import execution
     import folder_paths
-    import utils.extra_config
-    import utils.install_util  # noqa: F401  (ComfyUI's utils package)
-    from comfy import model_management
-
     import nodes
+    # isort: on
 
     asyncio.run(nodes.init_public_apis())
 
