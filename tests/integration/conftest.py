@@ -41,14 +41,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def comfy_runtime(tmp_path_factory) -> comfy_harness.Comfy:
+def comfyui_path() -> Path:
+    """The ComfyUI checkout the tests use; skips, saying how to provide one, when there is none."""
     try:
         path = comfy_harness.find_comfyui()
     except comfy_harness.ComfyHarnessError as exc:
         pytest.skip(str(exc))
     if path is None:
         pytest.skip(comfy_harness.COMFYUI_NOT_FOUND)
-    comfy = comfy_harness.boot_comfyui(path, TEST_ARGV)
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy_runtime(comfyui_path, tmp_path_factory) -> comfy_harness.Comfy:
+    comfy = comfy_harness.boot_comfyui(comfyui_path, TEST_ARGV)
     base = tmp_path_factory.mktemp("comfy_io")
     for name, setter in (
         ("output", comfy.folder_paths.set_output_directory),
@@ -75,17 +81,11 @@ def pack(comfy) -> comfy_harness.LoadedPack:
 
 
 @pytest.fixture(scope="session")
-def comfy_server(request, tmp_path_factory) -> server_support.ComfyServer:
-    try:
-        path = comfy_harness.find_comfyui()
-    except comfy_harness.ComfyHarnessError as exc:
-        pytest.skip(str(exc))
-    if path is None:
-        pytest.skip(comfy_harness.COMFYUI_NOT_FOUND)
+def comfy_server(comfyui_path, request, tmp_path_factory) -> server_support.ComfyServer:
     base = tmp_path_factory.mktemp("comfy_server")
     cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     server_support.write_tiny_models(base, cache_dir=cache.mkdir("tiny_models") if cache else None)
-    with server_support.comfy_server(base, comfyui=path) as server:
+    with server_support.comfy_server(base, comfyui=comfyui_path) as server:
         yield server
 
 

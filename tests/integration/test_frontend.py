@@ -69,20 +69,14 @@ def _fill_base_dir(base: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(comfyui_path, tmp_path_factory):
     if reason := fe.browser_unavailable_reason():
         pytest.skip(reason)
-    try:
-        comfyui = comfy_harness.find_comfyui()
-    except comfy_harness.ComfyHarnessError as exc:
-        pytest.skip(str(exc))
-    if comfyui is None:
-        pytest.skip(comfy_harness.COMFYUI_NOT_FOUND)
     base = tmp_path_factory.mktemp("frontend_server")
     _fill_base_dir(base)
     started = time.monotonic()
     only_this_pack = {PACK_DIR_NAME: comfy_harness.REPO_ROOT}
-    with server_support.comfy_server(base, comfyui=comfyui, packs=only_this_pack) as running:
+    with server_support.comfy_server(base, comfyui=comfyui_path, packs=only_this_pack) as running:
         log.info("ComfyUI ready in %.1f s at %s", time.monotonic() - started, running.url)
         yield running
 

@@ -25,14 +25,6 @@ CASES = {"--disable-smart-memory": ("--cpu", "--disable-smart-memory"), "--lowvr
 VRAM_STATE = {"--lowvram": "LOW_VRAM", "--novram": "NO_VRAM", "--disable-smart-memory": "DISABLED"}
 
 
-@pytest.fixture(scope="module")
-def comfyui_path():
-    path = comfy_harness.find_comfyui()
-    if path is None:
-        pytest.skip(comfy_harness.COMFYUI_NOT_FOUND)
-    return path
-
-
 def _probe(argv: tuple[str, ...], out_dir) -> dict:
     done = subprocess.run([sys.executable, "-m", "support.model_management_probe", str(out_dir), *argv],
                           cwd=TESTS_DIR, capture_output=True, text=True, timeout=600, check=False)
