@@ -153,3 +153,13 @@ def ui_to_api(comfy: Any, ui: Mapping[str, Any]) -> dict[str, dict]:
             "_meta": {"title": node.get("title") or display_name(comfy, node["type"])},
         }
     return prompt
+
+
+def assert_same_api_graph(actual: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Two API-format prompts describe the same graph: node ids, class types, inputs and titles."""
+    assert set(actual) == set(expected), "node ids differ"
+    for node_id, node in expected.items():
+        got = actual[node_id]
+        assert got["class_type"] == node["class_type"], f"node {node_id}"
+        assert got["inputs"] == node["inputs"], f"node {node_id} ({node['class_type']}) inputs differ"
+        assert got.get("_meta", {}).get("title") == node["_meta"]["title"], f"node {node_id} title"
