@@ -53,10 +53,11 @@ def schedule_gate(sigmas: Tensor, sigma_start: float, sigma_end: float, chunks: 
 class EmbedsScaling(str, Enum):
     """Where the weight enters the image attention (the reference pack's "embeds_scaling").
 
-    V only is the paper: `w * Attn(Q, K', V')`. The others scale the image keys and
-    values before the attention, which also sharpens (w > 1) or flattens the
-    attention over the image tokens; "C penalty" first multiplies w by
-    `C / 1280`, C the layer width, so the narrow high-resolution layers take less.
+    V only is the paper: `w * Attn(Q, K', V')` (computed as `Attn(Q, K', w V')`, the
+    same). The others scale the image keys and values before the attention, which
+    also sharpens (w > 1) or flattens the attention over the image tokens; "C
+    penalty" first multiplies w by `C / 1280`, C the layer width, so the narrow
+    high-resolution layers take less.
     """
 
     V_ONLY = "V only"
@@ -70,16 +71,17 @@ PENALTY_WIDTH = 1280.0
 
 
 def scale_kv(k_ip: Tensor, v_ip: Tensor, weight: float, mode: EmbedsScaling) -> tuple[Tensor, Tensor]:
-    """Fold `weight` into the image K/V for the K+V modes; [b, T, C] each.
+    """Fold `weight` into the image K/V; [b, T, C] each.
 
+    * V only: `V' w`. The attention is linear in V, so this equals `w Attn(Q, K', V')`
+      without a pass over the (much larger) output.
     * K+V: `K' w`, `V' w`.
     * K+V w/ C penalty: the same with `w C / 1280`.
     * K+mean(V) w/ C penalty: `K' w_c`; `V' - mean_T(V') + w_c mean_T(V')`, mean over the
       image tokens, so only the shared part of V is scaled.
-    V only returns them unchanged (the weight then multiplies the attention output).
     """
     if mode is EmbedsScaling.V_ONLY:
-        return k_ip, v_ip
+        return k_ip, v_ip * weight
     if mode is not EmbedsScaling.K_V:
         weight = weight * (k_ip.shape[-1] / PENALTY_WIDTH)
     if mode is EmbedsScaling.K_MEAN_V_PENALTY:

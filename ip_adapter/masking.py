@@ -13,7 +13,9 @@ import math
 import torch
 from torch import Tensor
 
+from .devices import same_device
 from .errors import ImagePromptError
+from .layout_cache import LayoutCache
 
 
 def check_mask(mask: Tensor, input_name: str = "attn_mask") -> Tensor:
@@ -75,27 +77,21 @@ def mask_rows(mask: Tensor, original_shape: tuple[int, ...] | list[int], tokens:
 class MaskCache:
     """`mask_rows` memoised by layout: sampling steps then allocate no mask.
 
-    Keyed by (tokens, latent size, chunks, batch, device, dtype); all layers with
-    the same token count share one entry. A new layout (another resolution,
-    batch or device) drops the old entries.
+    Keyed by layout (latent size, chunks, batch, device, dtype) and token count;
+    all layers with the same token count share one entry. A few layouts are kept
+    (see `LayoutCache`), so cond and uncond sent in separate calls reuse theirs.
     """
 
     def __init__(self, mask: Tensor) -> None:
         self.mask = mask
-        self._layout: tuple | None = None
-        self._rows: dict[int, Tensor] = {}
+        self._rows: LayoutCache[Tensor] = LayoutCache()
 
     def get(self, original_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int,
             device: torch.device, dtype: torch.dtype) -> Tensor:
         layout = (int(original_shape[-2]), int(original_shape[-1]), chunks, batch, device, dtype)
-        if layout != self._layout:
-            self._layout, self._rows = layout, {}
-        rows = self._rows.get(tokens)
-        if rows is None:
-            rows = mask_rows(self.mask, original_shape, tokens, chunks, batch, device, dtype)
-            self._rows[tokens] = rows
-        return rows
+        return self._rows.get(layout, tokens, lambda: mask_rows(self.mask, original_shape, tokens, chunks, batch,
+                                                                  device, dtype))
 
     def release_except(self, device: torch.device) -> None:
-        if self._layout is not None and self._layout[4].type != device.type:
-            self._layout, self._rows = None, {}
+        """Forget the rows held on other devices."""
+        self._rows.drop(lambda layout: not same_device(layout[4], device))

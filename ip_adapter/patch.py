@@ -28,11 +28,31 @@ from .attention import (
     scale_kv,
     schedule_gate,
 )
+from .devices import same_device
+from .layout_cache import LayoutCache
 from .masking import MaskCache
 from .model import IPAdapterModel
 from .prompt import ImagePrompt
 
 AttnPatch = Callable[[Tensor, Tensor, Tensor, dict], Tensor]
+
+
+@dataclass(frozen=True)
+class StepGate:
+    """What the schedule window asks of one step.
+
+    `skip`: no row is in the window, the layer adds nothing. `factor`: per-row
+    1/0 ([rows, 1, 1]) when only some rows are in it, or when the rows live on an
+    accelerator, where reading the sigmas back would stall the GPU. Neither: every
+    row is in the window.
+    """
+
+    skip: bool = False
+    factor: Tensor | None = None
+
+
+#: Every row acts: nothing to multiply.
+ALWAYS = StepGate()
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +82,7 @@ class ImageBranch:
     inverted: frozenset[int] = frozenset()
     mask: Tensor | None = None
     _kv: dict = field(default_factory=dict, repr=False)
-    _rows: dict = field(default_factory=dict, repr=False)
+    _rows: LayoutCache = field(default_factory=LayoutCache, repr=False)
     _gate: dict = field(default_factory=dict, repr=False)
     _masks: MaskCache | None = field(default=None, repr=False)
 
@@ -87,34 +107,47 @@ class ImageBranch:
 
     def rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
              dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Image K and V laid out like ComfyUI's q batch for layer `index`.
+        """Image K and V laid out like ComfyUI's q batch for layer `index`, the weight folded in.
 
-        Inverted layers swap in (zeros, reference) for (cond, uncond); the K+V
-        scaling modes fold the layer's weight in here. The layout only changes
-        when the batch composition does, so the last one is kept per layer:
-        sampling steps then allocate nothing here.
+        Inverted layers swap in (zeros, reference) for (cond, uncond). The layer's
+        weight goes into K/V here (`scale_kv`; for V only it multiplies V, which
+        equals weighting the output and saves a pass over it). Held per layout
+        (`LayoutCache`), so sampling steps allocate nothing here.
         """
-        key = (tuple(chunks), batch, device, dtype)
-        cached = self._rows.get(index)
-        if cached is None or cached[0] != key:
-            k_cond, v_cond, k_uncond, v_uncond = self.kv(index, device, dtype)
-            if index in self.inverted:  # projection of zero tokens is zero: the adapter's K/V have no bias
-                k_uncond, v_uncond = k_cond, v_cond
-                k_cond, v_cond = torch.zeros_like(k_cond), torch.zeros_like(v_cond)
-            k_ip, v_ip = scale_kv(assemble_rows(chunks, batch, k_cond, k_uncond),
-                                  assemble_rows(chunks, batch, v_cond, v_uncond),
-                                  self.layer_weight(index), self.embeds_scaling)
-            cached = (key, k_ip, v_ip)
-            self._rows[index] = cached
-        return cached[1], cached[2]
+        return self._rows.get((tuple(chunks), batch, device, dtype), index,
+                              lambda: self._build_rows(index, chunks, batch, device, dtype))
 
-    def gate(self, sigmas: Tensor, chunks: int, dtype: torch.dtype) -> Tensor:
-        """The schedule gate of this step, computed once per step (ComfyUI passes one sigmas tensor to all layers)."""
+    def _build_rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
+                    dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        k_cond, v_cond, k_uncond, v_uncond = self.kv(index, device, dtype)
+        if index in self.inverted:  # projection of zero tokens is zero: the adapter's K/V have no bias
+            k_uncond, v_uncond = k_cond, v_cond
+            k_cond, v_cond = torch.zeros_like(k_cond), torch.zeros_like(v_cond)
+        return scale_kv(assemble_rows(chunks, batch, k_cond, k_uncond),
+                        assemble_rows(chunks, batch, v_cond, v_uncond),
+                        self.layer_weight(index), self.embeds_scaling)
+
+    def gate(self, sigmas: Tensor, chunks: int, device: torch.device, dtype: torch.dtype) -> StepGate:
+        """The schedule window for this step, decided once per step (ComfyUI passes one sigmas tensor to all layers).
+
+        Sigmas on the CPU are read directly (no device to wait for), so a step outside
+        the window skips the image attention altogether. On an accelerator the gate
+        stays a tensor that multiplies the term: no `.item()`, no sync.
+        """
+        if self.window is None:
+            return ALWAYS
         last = self._gate.get("last")
-        if last is None or last[0] is not sigmas or last[1] != chunks or last[2] != dtype:
-            last = (sigmas, chunks, dtype, schedule_gate(sigmas, *self.window, chunks=chunks).to(dtype))
+        if last is None or last[0] is not sigmas or last[1] != (chunks, device, dtype):
+            factor = schedule_gate(sigmas, *self.window, chunks=chunks)
+            if factor.device.type == "cpu" and bool(factor.all()):
+                step = ALWAYS
+            elif factor.device.type == "cpu" and not bool(factor.any()):
+                step = StepGate(skip=True)
+            else:
+                step = StepGate(factor=factor.to(device=device, dtype=dtype))
+            last = (sigmas, (chunks, device, dtype), step)
             self._gate["last"] = last
-        return last[3]
+        return last[2]
 
     def mask_rows(self, extra_options: dict, tokens: int, chunks: int, batch: int, device: torch.device,
                   dtype: torch.dtype) -> Tensor:
@@ -123,13 +156,9 @@ class ImageBranch:
 
     def release_except(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the patch)."""
-        def same(cached: torch.device) -> bool:
-            return cached.type == device.type and (device.index is None or cached.index == device.index)
-
-        for key in [k for k in self._kv if not same(k[0])]:
+        for key in [k for k in self._kv if not same_device(k[0], device)]:
             del self._kv[key]
-        for index in [i for i, (key, _, _) in self._rows.items() if not same(key[2])]:
-            del self._rows[index]
+        self._rows.drop(lambda layout: not same_device(layout[2], device))
         self._gate.clear()
         if self._masks is not None:
             self._masks.release_except(device)
@@ -140,8 +169,10 @@ class SlotPatch:
     """attn2 replace for one slot: `previous(q, k, v) + w * mask * Attn(q, K', V')`.
 
     `previous` is the patch that held the slot before (it then computes the text
-    branch, plus its own additions); None means plain attention with the host's
-    backend. `attention` is the backend (ComfyUI's `optimized_attention`).
+    branch, plus its own additions); None means plain attention with `attention`,
+    the host's backend (ComfyUI's `optimized_attention`). `image_attention` runs
+    the image term (default: `attention`); it may differ because the image term
+    has only 4-16 keys (see `nodes.comfy_bridge.image_attention_backend`).
     The layer's effective weight is fixed at construction.
     """
 
@@ -149,13 +180,14 @@ class SlotPatch:
     layer_index: int
     attention: AttentionFn
     previous: AttnPatch | None = None
+    image_attention: AttentionFn | None = None
     weight: float = field(init=False)
-    _scale_output: bool = field(init=False, repr=False)
     _owns_output: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight", self.branch.layer_weight(self.layer_index))
-        object.__setattr__(self, "_scale_output", self.branch.embeds_scaling is EmbedsScaling.V_ONLY)
+        if self.image_attention is None:
+            object.__setattr__(self, "image_attention", self.attention)
         # The text branch's output is ours to add into unless a foreign patch made it.
         previous = self.previous
         owned = previous is None or (isinstance(previous, SlotPatch) and (previous._owns_output or previous.weight != 0))
@@ -175,17 +207,17 @@ class SlotPatch:
             return out
         branch = self.branch
         chunks: Sequence[int] = extra_options["cond_or_uncond"]
+        gate = branch.gate(extra_options["sigmas"], len(chunks), q.device, q.dtype)
+        if gate.skip:
+            return out
         batch = q.shape[0] // len(chunks)
         k_ip, v_ip = branch.rows(self.layer_index, chunks, batch, q.device, q.dtype)
-        term = image_term(q, k_ip, v_ip, heads, self.attention, attn_precision=precision,
+        term = image_term(q, k_ip, v_ip, heads, self.image_attention, attn_precision=precision,
                           transformer_options=extra_options)
         # In place on tensors made in this call (no autograd: ComfyUI samples in inference mode).
         inplace = not torch.is_grad_enabled()
-        if self._scale_output:
-            term = term.mul_(self.weight) if inplace else term * self.weight
-        if branch.window is not None:
-            gate = branch.gate(extra_options["sigmas"], len(chunks), term.dtype)
-            term = term.mul_(gate) if inplace else term * gate
+        if gate.factor is not None:
+            term = term.mul_(gate.factor) if inplace else term * gate.factor
         if branch.mask is not None:
             mask = branch.mask_rows(extra_options, q.shape[1], len(chunks), batch, q.device, term.dtype)
             term = term.mul_(mask) if inplace else term * mask
@@ -212,6 +244,7 @@ def slot_patches(
     slots_by_layer: dict[int, Any],
     existing: Callable[[Any], AttnPatch | None],
     attention: AttentionFn,
+    image_attention: AttentionFn | None = None,
 ) -> list[tuple[Any, SlotPatch]]:
     """One SlotPatch per slot, each wrapping whatever `existing(slot)` already holds.
 
@@ -221,5 +254,5 @@ def slot_patches(
     for index, slot in slots_by_layer.items():
         if branch.layer_weight(index) == 0.0:
             continue
-        patches.append((slot, SlotPatch(branch, index, attention, existing(slot))))
+        patches.append((slot, SlotPatch(branch, index, attention, existing(slot), image_attention)))
     return patches

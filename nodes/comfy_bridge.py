@@ -131,7 +131,9 @@ def patched_clone(model: comfy.model_patcher.ModelPatcher, branch: ImageBranch, 
                 return current[key]
         return None
 
-    for slot, patch in slot_patches(branch, layout.slot_for_layer(spec.base), existing, attention_backend()):
+    patches = slot_patches(branch, layout.slot_for_layer(spec.base), existing, attention_backend(),
+                           image_attention_backend())
+    for slot, patch in patches:
         clone.set_model_attn2_replace(patch, slot.block, slot.number, slot.transformer_index)
     return clone
 
@@ -139,3 +141,22 @@ def patched_clone(model: comfy.model_patcher.ModelPatcher, branch: ImageBranch, 
 def attention_backend() -> Any:
     """ComfyUI's selected attention (pytorch, xformers, flash, sage ...), so user flags apply."""
     return comfy_attention.optimized_attention
+
+
+def image_attention_backend() -> Any:
+    """The attention for the image term, which has only 4 (base) or 16 (plus) keys.
+
+    ComfyUI's fused backends (PyTorch SDPA, xformers, flash, sage) are used as the
+    user selected them. Its pure-PyTorch fallbacks (sub-quadratic, split, basic;
+    sub-quadratic is the default on the CPU) exist to bound the memory of long key
+    sequences; 4-16 keys need no bounding, and there ComfyUI's registered "pytorch"
+    function (fused SDPA on strided views, no copies of q) costs about a third less
+    (`benchmarks/README.md`). The text branch keeps the selected backend, and
+    `optimized_attention_override` in the transformer options still applies: every
+    one of these goes through ComfyUI's `wrap_attn`.
+    """
+    selected = comfy_attention.optimized_attention
+    fallbacks = (comfy_attention.attention_sub_quad, comfy_attention.attention_split, comfy_attention.attention_basic)
+    if any(selected is fallback for fallback in fallbacks):
+        return comfy_attention.get_attention_function("pytorch", selected)
+    return selected

@@ -81,6 +81,26 @@ def test_every_registered_slot_runs_the_image_branch_once_per_call(comfy, model_
     assert set(hits.values()) == {1}  # cond and uncond batched: one call per slot per forward
 
 
+def test_the_image_term_takes_fused_sdpa_where_comfyui_selected_a_fallback(comfy, model_dirs, clip_vision,
+                                                                           sd15) -> None:
+    """ComfyUI on the CPU selects sub-quadratic attention: the text branch keeps it, the 4-key image term
+    takes ComfyUI's registered "pytorch" function, and both still pass through the override hook."""
+    from comfy.ldm.modules import attention
+
+    assert attention.optimized_attention is attention.attention_sub_quad  # what this test is about
+    adapter = _adapter(model_dirs, "ip-adapter_sd15")
+    patched = _apply(sd15, adapter, _prompt(adapter, clip_vision))
+    backends: dict[str, set] = {"text": set(), "image": set()}
+
+    def record(func, q, k, v, heads, **kwargs):
+        backends["image" if k.shape[1] == 4 else "text"].add(func.__name__)
+        return func(q, k, v, heads, **kwargs)
+
+    patched.model_options["transformer_options"]["optimized_attention_override"] = record
+    _eps(patched, size=32)
+    assert backends == {"text": {"attention_sub_quad"}, "image": {"attention_pytorch"}}
+
+
 def test_weight_zero_equals_the_unpatched_model_exactly(comfy, model_dirs, clip_vision, sd15) -> None:
     adapter = _adapter(model_dirs, "ip-adapter-plus_sd15")
     assert torch.equal(_eps(_apply(sd15, adapter, _prompt(adapter, clip_vision), weight=0.0)), _eps(sd15))

@@ -80,11 +80,16 @@ def test_check_mask_gives_a_float_batch_on_the_cpu() -> None:
     assert out.shape == (1, 8, 8) and out.dtype == torch.float32 and out.device == CPU
 
 
-def test_cache_reuses_the_resized_mask_and_drops_it_for_a_new_layout() -> None:
+def test_cache_reuses_the_resized_mask_per_layout_and_keeps_a_few_layouts() -> None:
     cache = MaskCache(_half())
     first = cache.get([2, 4, 16, 24], 384, 2, 2, CPU, torch.float32)
     assert cache.get([2, 4, 16, 24], 384, 2, 2, CPU, torch.float32) is first  # same storage every step
     other_layer = cache.get([2, 4, 16, 24], 96, 2, 2, CPU, torch.float32)
     assert other_layer.shape == (4, 96, 1) and cache.get([2, 4, 16, 24], 384, 2, 2, CPU, torch.float32) is first
+    cond_alone = cache.get([2, 4, 16, 24], 384, 1, 2, CPU, torch.float32)  # cond and uncond sent separately
+    assert cond_alone.shape == (2, 384, 1) and cache.get([2, 4, 16, 24], 384, 2, 2, CPU, torch.float32) is first
     resized = cache.get([2, 4, 32, 24], 768, 2, 2, CPU, torch.float32)
-    assert resized.shape == (4, 768, 1) and cache.get([2, 4, 16, 24], 384, 2, 2, CPU, torch.float32) is not first
+    assert resized.shape == (4, 768, 1) and cache.get([2, 4, 16, 24], 384, 2, 2, CPU, torch.float32) is first
+    for height in (40, 48, 56, 64):  # more new layouts than the cache keeps: the oldest goes
+        cache.get([2, 4, height, 24], 96, 2, 2, CPU, torch.float32)
+    assert cache.get([2, 4, 16, 24], 384, 2, 2, CPU, torch.float32) is not first

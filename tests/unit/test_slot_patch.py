@@ -12,7 +12,7 @@ from ipadapter_pack.ip_adapter.attention import (
     sdpa_attention,
 )
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
-from ipadapter_pack.ip_adapter.patch import ImageBranch, SlotPatch, slot_patches
+from ipadapter_pack.ip_adapter.patch import ImageBranch, SlotPatch, StepGate, slot_patches
 from ipadapter_pack.ip_adapter.prompt import ImagePrompt
 from support import checkpoints
 
@@ -180,16 +180,74 @@ def test_patch_keeps_the_unet_compute_dtype(adapter, dtype: torch.dtype, toleran
     assert (low.float() - reference).abs().max() < tolerance
 
 
-def test_image_rows_are_reused_across_steps_and_rebuilt_when_the_batch_changes(adapter) -> None:
+def test_image_rows_are_reused_across_steps_and_per_layout(adapter) -> None:
+    """Batched cond+uncond and separate cond / uncond calls each keep their rows: no rebuild when they alternate."""
     branch = ImageBranch(adapter, _prompt(adapter, 1), 1.0)
     patch = SlotPatch(branch, LAYER, sdpa_attention)
     q, k, v = _qkv(4)
     patch(q, k, v, _options([1, 0], [1.0, 1.0]))
-    first = branch._rows[LAYER][1]
+    first = branch.rows(LAYER, [1, 0], 2, q.device, q.dtype)
     patch(q, k, v, _options([1, 0], [2.0, 2.0]))
-    assert branch._rows[LAYER][1] is first  # same storage, no per-step allocation
-    patch(q[:2], k[:2], v[:2], _options([0], [1.0, 1.0]))  # cfg 1: cond rows only
-    assert branch._rows[LAYER][1] is not first and branch._rows[LAYER][1].shape[0] == 2
+    assert branch.rows(LAYER, [1, 0], 2, q.device, q.dtype)[1] is first[1]  # same storage, no per-step allocation
+    patch(q[:2], k[:2], v[:2], _options([0], [1.0, 1.0]))  # low memory: cond rows alone ...
+    patch(q[:2], k[:2], v[:2], _options([1], [1.0, 1.0]))  # ... then uncond rows alone
+    cond_only = branch.rows(LAYER, [0], 2, q.device, q.dtype)
+    assert cond_only[1].shape[0] == 2 and cond_only[1] is not first[1]
+    for _ in range(3):  # alternating layouts reuse their entries
+        patch(q[:2], k[:2], v[:2], _options([0], [1.0, 1.0]))
+        patch(q, k, v, _options([1, 0], [1.0, 1.0]))
+    assert branch.rows(LAYER, [0], 2, q.device, q.dtype)[1] is cond_only[1]
+    assert branch.rows(LAYER, [1, 0], 2, q.device, q.dtype)[1] is first[1]
+    assert len(branch._rows.held_layouts()) == 3
+
+
+def test_v_only_folds_the_weight_into_v_and_matches_weighting_the_output(adapter) -> None:
+    prompt = _prompt(adapter, 1)
+    branch = ImageBranch(adapter, prompt, 0.7)
+    k_ip, v_ip = branch.rows(LAYER, [0], 1, torch.device("cpu"), torch.float32)
+    k_raw, v_raw = _layer_kv(adapter, prompt.cond)
+    assert torch.equal(k_ip, k_raw) and torch.equal(v_ip, v_raw * 0.7)
+    q = _qkv(1)[0]
+    torch.testing.assert_close(sdpa_attention(q, k_ip, v_ip, HEADS), 0.7 * _term(q, k_raw, v_raw), rtol=0, atol=1e-6)
+
+
+def test_a_step_outside_the_window_skips_the_image_attention_on_the_cpu(adapter) -> None:
+    calls = []
+
+    def attention(q, k, v, heads, **kwargs):
+        calls.append(k.shape[1])
+        return sdpa_attention(q, k, v, heads)
+
+    prompt = _prompt(adapter, 1)
+    patch = SlotPatch(ImageBranch(adapter, prompt, 1.0, window=(10.0, 2.0)), LAYER, attention)
+    q, k, v = _qkv(2)
+    assert torch.equal(patch(q, k, v, _options([1, 0], [1.0])), sdpa_attention(q, k, v, HEADS))
+    assert calls == [77]  # the text branch only
+    patch(q, k, v, _options([1, 0], [5.0]))
+    assert calls == [77, 77, 4]
+
+
+def test_the_image_term_can_use_its_own_backend(adapter) -> None:
+    seen = {"text": [], "image": []}
+
+    def text_attention(q, k, v, heads, **kwargs):
+        seen["text"].append(k.shape[1])
+        return sdpa_attention(q, k, v, heads)
+
+    def image_attention(q, k, v, heads, **kwargs):
+        seen["image"].append(k.shape[1])
+        return sdpa_attention(q, k, v, heads)
+
+    prompt = _prompt(adapter, 1)
+    q, k, v = _qkv(2)
+    options = _options([1, 0], [1.0])
+    split = SlotPatch(ImageBranch(adapter, prompt, 0.7), LAYER, text_attention, image_attention=image_attention)
+    same = SlotPatch(ImageBranch(adapter, prompt, 0.7), LAYER, sdpa_attention)
+    assert torch.equal(split(q, k, v, options), same(q, k, v, options))
+    assert seen == {"text": [77], "image": [4]}
+    made = slot_patches(ImageBranch(adapter, prompt, 1.0), {LAYER: "slot"}, lambda slot: None, text_attention,
+                        image_attention)
+    assert made[0][1].image_attention is image_attention and made[0][1].attention is text_attention
 
 
 # --- control: embeds scaling, inverted layers, masks, lean hot path (issue 3) ---
@@ -205,8 +263,8 @@ def _layer_kv(adapter: IPAdapterModel, tokens: torch.Tensor) -> tuple[torch.Tens
 
 
 @pytest.mark.parametrize("window,sigmas", [(None, [1.0, 1.0]), ((10.0, 2.0), [5.0, 11.0])])
-def test_v_only_is_bit_identical_to_the_expression_before_issue_3(adapter, window, sigmas) -> None:
-    """The default path must keep the foundation's numbers exactly: `out + term * w` (gated: `* (gate * w)`)."""
+def test_v_only_is_the_foundations_expression_with_the_weight_moved_into_v(adapter, window, sigmas) -> None:
+    """Exactly `text + gate * Attn(q, K', w V')`, and within float rounding of the foundation's `text + w * term`."""
     prompt = _prompt(adapter, 1)
     q, k, v = _qkv(4)
     options = _options([1, 0], sigmas)
@@ -216,14 +274,14 @@ def test_v_only_is_bit_identical_to_the_expression_before_issue_3(adapter, windo
                           _layer_kv(adapter, prompt.cond)[0].expand(2, -1, -1)])
         v_ip = torch.cat([_layer_kv(adapter, prompt.uncond)[1].expand(2, -1, -1),
                           _layer_kv(adapter, prompt.cond)[1].expand(2, -1, -1)])
-        term = sdpa_attention(q, k_ip, v_ip, HEADS)
         text = sdpa_attention(q, k, v, HEADS)
-        if window is None:
-            expected = text + term * 0.7
-        else:
-            gate = schedule_gate(torch.tensor(sigmas), *window, chunks=2)
-            expected = text + term * (gate.to(term.dtype) * 0.7)
-    assert torch.equal(out, expected)
+        gate = torch.ones(4, 1, 1) if window is None else schedule_gate(torch.tensor(sigmas), *window, chunks=2)
+        folded = text + sdpa_attention(q, k_ip, v_ip * 0.7, HEADS) * gate
+        foundation = text + sdpa_attention(q, k_ip, v_ip, HEADS) * (gate * 0.7)
+    assert torch.equal(out, folded)
+    torch.testing.assert_close(out, foundation, rtol=1e-6, atol=1e-6)
+    if window is not None:  # rows outside the window are the text branch, bit for bit
+        assert torch.equal(out[1::2], text[1::2])
 
 
 def test_image_term_is_added_in_place_into_the_fresh_text_output(adapter) -> None:
@@ -326,10 +384,24 @@ def test_mask_confines_the_term_per_token_and_per_latent(adapter) -> None:
 
 def test_the_gate_is_computed_once_per_step(adapter) -> None:
     branch = ImageBranch(adapter, _prompt(adapter, 1), 1.0, window=(10.0, 2.0))
-    sigmas = torch.tensor([5.0])
-    first = branch.gate(sigmas, 2, torch.float32)
-    assert branch.gate(sigmas, 2, torch.float32) is first  # every layer of the step shares it
-    assert branch.gate(torch.tensor([5.0]), 2, torch.float32) is not first  # next step: new sigmas tensor
+    cpu = torch.device("cpu")
+    sigmas = torch.tensor([5.0, 11.0])
+    first = branch.gate(sigmas, 2, cpu, torch.float32)
+    assert first.factor is not None and first.factor.view(-1).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert branch.gate(sigmas, 2, cpu, torch.float32) is first  # every layer of the step shares it
+    assert branch.gate(torch.tensor([5.0, 11.0]), 2, cpu, torch.float32) is not first  # next step: new tensor
+    # CPU sigmas are read on the host: all rows in the window -> nothing to multiply; none -> skip.
+    assert branch.gate(torch.tensor([5.0]), 2, cpu, torch.float32) == StepGate()
+    assert branch.gate(torch.tensor([1.0]), 2, cpu, torch.float32) == StepGate(skip=True)
+    assert ImageBranch(adapter, _prompt(adapter, 1), 1.0).gate(sigmas, 2, cpu, torch.float32) == StepGate()
+
+
+def test_the_gate_stays_a_tensor_off_the_cpu(adapter) -> None:
+    """On an accelerator the sigmas are never read back (no sync): the gate multiplies, even at 1 or 0."""
+    branch = ImageBranch(adapter, _prompt(adapter, 1), 1.0, window=(10.0, 2.0))
+    gate = branch.gate(torch.tensor([1.0], device="meta"), 2, torch.device("meta"), torch.float16)
+    assert not gate.skip and gate.factor is not None
+    assert gate.factor.device.type == "meta" and gate.factor.dtype == torch.float16
 
 
 def test_the_layer_weight_is_fixed_when_the_patch_is_made(adapter) -> None:
