@@ -77,6 +77,63 @@ def step_inputs(model, base: str, latent: int, device: str, dtype: torch.dtype) 
     return Step(x, sigma, context, pooled)
 
 
+def _best_time(fn, device: str, reps: int, rounds: int = 7) -> float:
+    """Seconds per call of `fn`: the best of `rounds` batches of `reps` calls (noise only adds time)."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / reps)
+    return best
+
+
+def attributed_cost(model, step: Step, device: str, reps: int = 5) -> dict | None:
+    """What the attn2 replace patches add to one step, layer by layer, with the step's own inputs.
+
+    One step runs with every registered attn2 patch wrapped in a recorder (on a clone: the
+    model itself is not touched). Each recorded call is then replayed: the patch as
+    registered, and the host's text attention alone (ComfyUI's `optimized_attention`, what
+    the unpatched layer runs). The sum of the differences is the patches' cost per step. On a
+    shared machine this is far steadier than the difference of two step times, because each
+    call is timed as the best of several short batches. It leaves out effects on the rest of
+    the step (caches), which the interleaved step times include.
+    """
+    import comfy.ldm.modules.attention as comfy_attention
+
+    patches = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    if not patches:
+        return None
+    probe = model.clone()
+    registered = probe.model_options["transformer_options"]["patches_replace"]["attn2"]
+    calls = []
+
+    def recorder(patch):
+        def record(q, k, v, extra_options):
+            calls.append((patch, q.clone(), k.clone(), v.clone(), dict(extra_options)))
+            return patch(q, k, v, extra_options)
+        return record
+
+    for key, patch in list(registered.items()):
+        registered[key] = recorder(patch)
+    step(probe, device)
+    patched_s = text_s = 0.0
+    with torch.inference_mode():
+        for patch, q, k, v, options in calls:
+            def text(q=q, k=k, v=v, options=options):
+                return comfy_attention.optimized_attention(q, k, v, options["n_heads"],
+                                                           attn_precision=options.get("attn_precision"),
+                                                           transformer_options=options)
+            patched_s += _best_time(lambda patch=patch, q=q, k=k, v=v, options=options: patch(q, k, v, options),
+                                    device, reps)
+            text_s += _best_time(text, device, reps)
+    return {"layers_called": len(calls), "patched_layers_ms": patched_s * 1e3, "text_attention_ms": text_s * 1e3,
+            "added_ms": (patched_s - text_s) * 1e3}
+
+
 def interleaved(models: dict[str, object], step: Step, device: str, warmup: int, repeats: int) -> dict:
     """Time every model once per round, rounds repeated; also the peak memory of one call each."""
     outputs = {}
@@ -95,6 +152,7 @@ def interleaved(models: dict[str, object], step: Step, device: str, warmup: int,
         step(m, device)
         peaks[name] = peak_mb(device)
     plain_med = statistics.median(times["plain"])
+    plain_best = min(times["plain"])
     result = {}
     for name, t in times.items():
         row = {**summary(t), "peak_memory_mb": peaks[name]}
@@ -104,5 +162,10 @@ def interleaved(models: dict[str, object], step: Step, device: str, warmup: int,
             row["paired_overhead_pct"] = (statistics.median(
                 p / q for p, q in zip(t, times["plain"])) - 1.0) * 100
             row["max_abs_change_vs_plain"] = changed[name]
+            added = attributed_cost(models[name], step, device)
+            if added is not None:
+                # Against the plain step's best time: the same "best of" statistic as the layer timings.
+                row["attributed"] = {**added, "plain_step_best_ms": plain_best * 1e3,
+                                     "overhead_pct": added["added_ms"] / (plain_best * 1e3) * 100}
         result[name] = row
     return result
