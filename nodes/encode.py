@@ -5,16 +5,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 from torch import Tensor
 
-from ..ip_adapter.combine import (
-    COMBINE_MODES,
-    CombineMode,
-    image_prompt_from_features,
-    parse_image_weights,
-)
-from ..ip_adapter.errors import ImagePromptError
-from ..ip_adapter.spec import ENCODER_FILES, EncoderFeature
+from ..ip_adapter.combine import COMBINE_MODES, CombineMode, parse_image_weights
 from ..utils.images import FIT_MODES, check_image_batch, pad_to_square, to_rgb
 from . import comfy_bridge
+from .prompt_assembly import check_feature_width, project_prompt, unconditional_features
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 
@@ -25,21 +19,10 @@ def _prepared(image: Tensor, fit: str, what: str) -> Tensor:
     return pad_to_square(image) if fit == "pad" else image
 
 
-def _features(adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: str, what: str) -> Tensor:
+def _features(adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: str) -> Tensor:
     features = comfy_bridge.encode(clip_vision, image, adapter.spec.feature, crop=(fit != "stretch"))
     check_feature_width(adapter, features, "EncodeImagePrompt", "clip_vision")
     return features
-
-
-def check_feature_width(adapter: LoadedAdapter, features: Tensor, node: str, source: str) -> None:
-    """Refuse features from another CLIP vision tower than the adapter's, naming the file to load."""
-    spec = adapter.spec
-    if features.shape[-1] != spec.clip_dim:
-        raise ImagePromptError(
-            f"{node}: '{adapter.name}' needs the {spec.encoder} CLIP vision model "
-            f"({spec.feature.value}, width {spec.clip_dim}), but '{source}' gives width "
-            f"{features.shape[-1]}. Load {ENCODER_FILES.get(spec.encoder, spec.encoder)} with CLIPVisionLoader."
-        )
 
 
 #: Tooltips shared with the nodes that take the same inputs (ImagePromptFromCLIPVision).
@@ -90,23 +73,10 @@ class EncodeImagePrompt(io.ComfyNode):
     def execute(cls, ip_adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: str,
                 negative_image: Tensor | None = None, combine_embeds: str = CombineMode.CONCAT.value,
                 image_weights: str = "") -> io.NodeOutput:
-        cond = _features(ip_adapter, clip_vision, _prepared(image, fit, "image"), fit, "image")
+        cond = _features(ip_adapter, clip_vision, _prepared(image, fit, "image"), fit)
         weights = parse_image_weights(image_weights, cond.shape[0], "EncodeImagePrompt 'image_weights'")
-        if negative_image is not None:
-            uncond = _features(ip_adapter, clip_vision, _prepared(negative_image, fit, "negative_image"), fit,
-                               "negative_image")
-            check_negative_count(uncond.shape[0], cond.shape[0], "EncodeImagePrompt", "negative_image", "image")
-        elif ip_adapter.spec.feature is EncoderFeature.IMAGE_EMBEDS:
-            uncond = None  # zeros
-        else:
-            uncond = comfy_bridge.encode_zero_pixels(clip_vision, ip_adapter.spec.feature, 1)
-        comfy_bridge.load_for_projection(ip_adapter.patcher)
-        prompt = image_prompt_from_features(ip_adapter.model, cond, uncond, CombineMode(combine_embeds), weights)
-        return io.NodeOutput(prompt)
-
-
-def check_negative_count(negatives: int, images: int, node: str, negative: str, image: str) -> None:
-    if negatives not in (1, images):
-        raise ImagePromptError(
-            f"{node}: '{negative}' has {negatives} images; give 1 or as many as '{image}' ({images})."
-        )
+        negative = (None if negative_image is None
+                    else _features(ip_adapter, clip_vision, _prepared(negative_image, fit, "negative_image"), fit))
+        uncond = unconditional_features(ip_adapter, negative, clip_vision, cond.shape[0], "EncodeImagePrompt",
+                                        ("negative_image", "image"))
+        return io.NodeOutput(project_prompt(ip_adapter, cond, uncond, combine_embeds, weights))

@@ -12,21 +12,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..ip_adapter.combine import (
-    COMBINE_MODES,
-    CombineMode,
-    image_prompt_from_features,
-    parse_image_weights,
-)
-from ..ip_adapter.errors import ImagePromptError
-from ..ip_adapter.spec import EncoderFeature
+from ..ip_adapter.combine import COMBINE_MODES, CombineMode, parse_image_weights
 from . import comfy_bridge
-from .encode import (
-    COMBINE_TOOLTIP,
-    WEIGHTS_TOOLTIP,
-    check_feature_width,
-    check_negative_count,
-)
+from .encode import COMBINE_TOOLTIP, WEIGHTS_TOOLTIP
+from .prompt_assembly import check_feature_width, project_prompt, unconditional_features
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 NODE = "ImagePromptFromCLIPVision"
@@ -71,21 +60,10 @@ class ImagePromptFromCLIPVision(io.ComfyNode):
         cond = comfy_bridge.output_feature(clip_vision_output, feature, f"{NODE}: 'clip_vision_output'")
         check_feature_width(ip_adapter, cond, NODE, "clip_vision_output")
         weights = parse_image_weights(image_weights, cond.shape[0], f"{NODE} 'image_weights'")
+        negative_features = None
         if negative is not None:
-            uncond = comfy_bridge.output_feature(negative, feature, f"{NODE}: 'negative'")
-            check_feature_width(ip_adapter, uncond, NODE, "negative")
-            check_negative_count(uncond.shape[0], cond.shape[0], NODE, "negative", "clip_vision_output")
-        elif feature is EncoderFeature.IMAGE_EMBEDS:
-            uncond = None  # zeros
-        elif clip_vision is None:
-            raise ImagePromptError(
-                f"{NODE}: '{ip_adapter.name}' is a {ip_adapter.spec.variant} adapter; its unconditional tokens "
-                "are the encoding of zero pixels, which a CLIP Vision Encode output does not carry. Connect the "
-                "CLIP vision model to 'clip_vision' (or a negative encoding to 'negative')."
-            )
-        else:
-            uncond = comfy_bridge.encode_zero_pixels(clip_vision, feature, 1)
-            check_feature_width(ip_adapter, uncond, NODE, "clip_vision")
-        comfy_bridge.load_for_projection(ip_adapter.patcher)
-        prompt = image_prompt_from_features(ip_adapter.model, cond, uncond, CombineMode(combine_embeds), weights)
-        return io.NodeOutput(prompt)
+            negative_features = comfy_bridge.output_feature(negative, feature, f"{NODE}: 'negative'")
+            check_feature_width(ip_adapter, negative_features, NODE, "negative")
+        uncond = unconditional_features(ip_adapter, negative_features, clip_vision, cond.shape[0], NODE,
+                                        ("negative", "clip_vision_output"))
+        return io.NodeOutput(project_prompt(ip_adapter, cond, uncond, combine_embeds, weights))
