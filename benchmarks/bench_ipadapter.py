@@ -227,7 +227,7 @@ def main() -> int:
     parser.add_argument("--encode-images", type=int, help="images per EncodeImagePrompt call (default 8, quick 2)")
     parser.add_argument("--comfy-arg", action="append", default=[], metavar="FLAG",
                         help="extra ComfyUI command-line flag, e.g. --comfy-arg=--use-pytorch-cross-attention "
-                             "(repeatable; changes the attention backend both branches use)")
+                             "(repeatable; changes ComfyUI's attention backend)")
     parser.add_argument("--no-other-packs", action="store_true", help="do not measure other IP-Adapter packs")
     parser.add_argument("--json", type=Path, help="write all results here")
     args = parser.parse_args()
@@ -245,10 +245,11 @@ def main() -> int:
         comfy_path, (("--cpu",) if args.device == "cpu" else ()) + tuple(args.comfy_arg))
     import comfy.ldm.modules.attention as comfy_attention
 
-    backend = comfy_attention.optimized_attention.__name__
+    pack = comfy_harness.load_pack(REPO, comfy)
+    image_backend = sys.modules[f"{pack.module.__name__}.nodes.comfy_bridge"].image_attention_backend()
+    backend = {"text": comfy_attention.optimized_attention.__name__, "image term": image_backend.__name__}
     print(f"ComfyUI {comfy_path} booted with {['--cpu'] if args.device == 'cpu' else []}{args.comfy_arg}; "
-          f"attention backend (text and image branch): {backend}")
-    comfy_harness.load_pack(REPO, comfy)
+          f"attention: text branch {backend['text']}, our image term {backend['image term']}")
     folder = Path(comfy.folder_paths.get_temp_directory()) / "ip_adapter_bench"
     folder.mkdir(parents=True, exist_ok=True)
     comfy.folder_paths.add_model_folder_path("ipadapter", str(folder), is_default=True)

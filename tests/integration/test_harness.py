@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
-from support import comfy_harness, comfy_prompts, unets
+from support import comfy_harness, comfy_prompts, diffusers_twin, unets
 
 LATENT = 16  # 16x16 latent = 128 px
 BATCH = 2
@@ -65,15 +65,15 @@ def test_timestep_matches_sigma(sd15):
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
 def test_comfy_and_diffusers_twin_agree(kind, sd15, sdxl):
     mp = _model(kind, sd15, sdxl)
-    twin = unets.diffusers_twin(mp)
+    twin = diffusers_twin.diffusers_twin(mp)
     x, sigma, context, pooled = _inputs(kind, mp)
 
     eps_comfy = unets.comfy_eps(mp, x, sigma, context, pooled)
     added = None
     if kind == "sdxl":  # ComfyUI's default size conditioning: the latent size * 8
-        added = unets.sdxl_added_cond_kwargs(pooled, LATENT * 8, LATENT * 8)
+        added = diffusers_twin.sdxl_added_cond_kwargs(pooled, LATENT * 8, LATENT * 8)
     t = unets.timestep_for_sigma(mp, sigma)
-    eps_diffusers = unets.diffusers_eps(twin, x, t, context, added, sigma=sigma)
+    eps_diffusers = diffusers_twin.diffusers_eps(twin, x, t, context, added, sigma=sigma)
 
     assert eps_comfy.shape == x.shape
     assert torch.isfinite(eps_comfy).all()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import checkpoints, unets
+from support import checkpoints, diffusers_twin, unets
 from support.comfy_clip import reference_features, tiny_comfy_clip_vision
 from support.comfy_harness import run_node
 
@@ -31,7 +31,7 @@ CASES = [
 
 def _diffusers_with_adapter(model, adapter_file, weight: float):
     attention_processor = pytest.importorskip("diffusers.models.attention_processor")
-    unet = unets.diffusers_twin(model)
+    unet = diffusers_twin.diffusers_twin(model)
     unet._load_ip_adapter_weights([checkpoints.nest(load_file(str(adapter_file)))], low_cpu_mem_usage=False)
     processors = [p for p in unet.attn_processors.values()
                   if isinstance(p, attention_processor.IPAdapterAttnProcessor2_0)]
@@ -74,8 +74,8 @@ def test_noise_prediction_matches_diffusers(comfy, model_dirs, tmp_path, case: t
     cond, uncond = reference_features(clip_vision, image, facts["feature"])
     added = {"image_embeds": [torch.stack([uncond, cond])]}  # [rows (uncond, cond), images, ...]
     if base == "sdxl":
-        added.update(unets.sdxl_added_cond_kwargs(torch.cat([pooled[0], pooled[1]]), 128, 128))
-    eps = unets.diffusers_eps(unet, x.repeat(2, 1, 1, 1), TIMESTEP, torch.cat([negative, positive]), added,
+        added.update(diffusers_twin.sdxl_added_cond_kwargs(torch.cat([pooled[0], pooled[1]]), 128, 128))
+    eps = diffusers_twin.diffusers_eps(unet, x.repeat(2, 1, 1, 1), TIMESTEP, torch.cat([negative, positive]), added,
                               sigma=sigma)
     reference = eps[0:1] + CFG * (eps[1:2] - eps[0:1])
 

@@ -25,85 +25,36 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_COMFYUI = Path("~/comfy/ComfyUI").expanduser()
-
-COMFYUI_NOT_FOUND = (
-    "ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout, or install this pack in "
-    "ComfyUI/custom_nodes, or put one at ~/comfy/ComfyUI"
+from .comfy_errors import (
+    ComfyHarnessError,
+    PackImportError,
+    PromptExecutionError,
+    PromptValidationError,
 )
+from .comfy_location import (
+    COMFYUI_NOT_FOUND,
+    DEFAULT_COMFYUI,
+    REPO_ROOT,
+    find_comfyui,
+    is_comfyui_root,
+)
+
+__all__ = [
+    "COMFYUI_NOT_FOUND", "DEFAULT_COMFYUI", "REPO_ROOT", "Comfy", "ComfyHarnessError", "LoadedPack",
+    "PackImportError", "PromptExecutionError", "PromptValidationError", "boot_comfyui", "booted",
+    "find_comfyui", "is_comfyui_root", "load_pack", "run_node",
+]
 
 # Top-level module names that exist both in ComfyUI and (as packages) in this repo, or that
 # ComfyUI owns. If one of them was imported from somewhere else first, booting would silently
 # mix two code bases.
 _COMFY_OWNED_MODULES = ("nodes", "utils", "folder_paths", "execution", "comfy", "comfy_api")
-
-
-class ComfyHarnessError(RuntimeError):
-    """The harness could not boot ComfyUI or load the pack; the message says why."""
-
-
-class PackImportError(ComfyHarnessError):
-    """``nodes.load_custom_node`` refused the pack; carries ComfyUI's logged reason."""
-
-
-class PromptValidationError(ComfyHarnessError):
-    """ComfyUI's validator rejected a prompt (what ``POST /prompt`` answers with HTTP 400)."""
-
-    def __init__(self, message: str, error: Any, node_errors: Mapping[str, Any]):
-        super().__init__(message)
-        self.error = error
-        self.node_errors = dict(node_errors)
-
-
-class PromptExecutionError(ComfyHarnessError):
-    """A node raised while the executor ran a prompt (the websocket ``execution_error``)."""
-
-    def __init__(self, message: str, details: Mapping[str, Any]):
-        super().__init__(message)
-        self.details = dict(details)
-
-
-# --------------------------------------------------------------------------------------------
-# Finding ComfyUI
-# --------------------------------------------------------------------------------------------
-
-def is_comfyui_root(path: os.PathLike | str) -> bool:
-    """True if ``path`` looks like a ComfyUI checkout: ``main.py``, ``nodes.py`` and ``comfy/``."""
-    p = Path(path)
-    return (p / "main.py").is_file() and (p / "nodes.py").is_file() and (p / "comfy").is_dir()
-
-
-def find_comfyui(repo_root: os.PathLike | str | None = None) -> Path | None:
-    """Locate a ComfyUI checkout, or return None.
-
-    Order: ``$COMFYUI_PATH``; the ComfyUI whose ``custom_nodes/`` holds this repository (walking
-    up from the repository root); ``~/comfy/ComfyUI``. A set but invalid ``COMFYUI_PATH`` is an
-    error rather than a silent fallback.
-    """
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        p = Path(env).expanduser().resolve()
-        if not is_comfyui_root(p):
-            raise ComfyHarnessError(
-                f"COMFYUI_PATH={env!r} is not a ComfyUI checkout (needs main.py, nodes.py, comfy/)"
-            )
-        return p
-
-    start = Path(repo_root or REPO_ROOT).resolve()
-    for parent in start.parents:
-        if parent.name == "custom_nodes" and is_comfyui_root(parent.parent):
-            return parent.parent
-
-    if is_comfyui_root(DEFAULT_COMFYUI):
-        return DEFAULT_COMFYUI.resolve()
-    return None
 
 
 # --------------------------------------------------------------------------------------------

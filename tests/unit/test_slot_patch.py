@@ -12,7 +12,12 @@ from ipadapter_pack.ip_adapter.attention import (
     sdpa_attention,
 )
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
-from ipadapter_pack.ip_adapter.patch import ImageBranch, SlotPatch, StepGate, slot_patches
+from ipadapter_pack.ip_adapter.patch import (
+    ImageBranch,
+    SlotPatch,
+    StepGate,
+    slot_patches,
+)
 from ipadapter_pack.ip_adapter.prompt import ImagePrompt
 from support import checkpoints
 
