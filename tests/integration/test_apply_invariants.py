@@ -101,6 +101,29 @@ def test_the_image_term_takes_fused_sdpa_where_comfyui_selected_a_fallback(comfy
     assert backends == {"text": {"attention_sub_quad"}, "image": {"attention_pytorch"}}
 
 
+@pytest.mark.parametrize("selected,image", [("attention_sub_quad", "attention_pytorch"),
+                                             ("attention_split", "attention_pytorch"),
+                                             ("attention_basic", "attention_pytorch"),
+                                             ("attention_pytorch", "attention_pytorch"),
+                                             ("a user's backend", "a user's backend")])
+def test_the_image_term_keeps_every_fused_backend_and_replaces_only_the_fallbacks(comfy, pack, monkeypatch,
+                                                                                    selected, image) -> None:
+    """The rule of `image_attention_backend` for each backend ComfyUI may have selected at start-up."""
+    import importlib
+
+    from comfy.ldm.modules import attention
+
+    def users_backend(q, k, v, heads, **kwargs):  # e.g. xformers, flash or sage: a fused kernel
+        return attention.attention_pytorch(q, k, v, heads, **kwargs)
+
+    chosen = users_backend if selected == "a user's backend" else getattr(attention, selected)
+    monkeypatch.setattr(attention, "optimized_attention", chosen)  # what ComfyUI sets once at import
+    bridge = importlib.import_module(f"{pack.module.__name__}.nodes.comfy_bridge")
+    expected = users_backend if image == "a user's backend" else getattr(attention, image)
+    assert bridge.image_attention_backend() is expected
+    assert bridge.attention_backend() is chosen  # the text branch always keeps the selection
+
+
 def test_weight_zero_equals_the_unpatched_model_exactly(comfy, model_dirs, clip_vision, sd15) -> None:
     adapter = _adapter(model_dirs, "ip-adapter-plus_sd15")
     assert torch.equal(_eps(_apply(sd15, adapter, _prompt(adapter, clip_vision), weight=0.0)), _eps(sd15))
