@@ -194,10 +194,11 @@ def print_table(results: list[dict], device: str, judged_sizes: set[tuple]) -> N
             print_ratios(r, pack)
     print("overhead: median step / median plain - 1; paired: median of the per-round ratios; layers: the "
           "patched layers' own added time (each call replayed, best of 7 batches) / the plain step's best")
-    print(f"target: overhead within {target}% on {device} for one adapter (x1), judged on 'layers' ('paired' where "
-          "no layer figure); x3 is three adapters' math and the other pack is only compared, so both show (n/a)"
-          + (" fp16 at real size" if device == "cuda" else " at the largest CPU size per model (others: (n/a))")
-          + ("; --quick judges nothing (too few rounds, smallest sizes)" if not judged_sizes else ""))
+    where = "fp16 at real size" if device == "cuda" else "at the largest CPU size per model"
+    print(f"target: overhead within {target}% on {device} {where}, for one adapter (x1), judged on 'layers' "
+          "('paired' where there is no layer figure); x3 rows (three adapters' math), the other pack's rows and "
+          "smaller sizes show (n/a)" + ("; --quick judges nothing (too few rounds, smallest sizes)"
+                                        if not judged_sizes else ""))
 
 
 def _verdict(name: str, step: dict, target: float) -> str:
