@@ -8,6 +8,8 @@
   base directory, this pack and the test nodes linked in, and tiny random-weight models under
   the published names (``support.comfy_server``). Started once per session, on first use;
   always stopped.
+* ``served``: one executor with the value nodes the bad-input catalogue's prompts start
+  from (``support.bad_input.Served``), one per test module.
 * ``model_dirs``: a temporary ``models/`` tree whose ``ipadapter``, ``clip_vision`` and
   ``controlnet`` folders are registered first in ``folder_paths`` for one test.
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import pytest
 from support import comfy_harness
 from support import comfy_server as server_support
+from support.bad_input import Served
 
 MODEL_FOLDERS = ("ipadapter", "clip_vision", "controlnet")
 
@@ -87,6 +90,13 @@ def comfy_server(comfyui_path, request, tmp_path_factory) -> server_support.Comf
     server_support.write_tiny_models(base, cache_dir=cache.mkdir("tiny_models") if cache else None)
     with server_support.comfy_server(base, comfyui=comfyui_path) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def served(comfy, request, tmp_path_factory) -> Served:
+    served = Served.start(comfy, tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    yield served
+    served.close()
 
 
 @pytest.fixture

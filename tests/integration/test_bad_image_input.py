@@ -10,14 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from support import unets
-from support.bad_input import ENCODER, GOOD_ADAPTER, Served, graph, write_adapter
-
-
-@pytest.fixture(scope="module")
-def served(comfy, tmp_path_factory):
-    server = Served.start(comfy, tmp_path_factory.mktemp("bad_image_input"))
-    yield server
-    server.close()
+from support.bad_input import ENCODER, GOOD_ADAPTER, graph, write_adapter
 
 
 @pytest.fixture(autouse=True)

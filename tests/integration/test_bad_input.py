@@ -14,15 +14,8 @@ import struct
 import pytest
 import torch
 from support import checkpoints
-from support.bad_input import APPLY, GOOD_ADAPTER, LOADER, Served, graph, write_adapter
+from support.bad_input import APPLY, GOOD_ADAPTER, LOADER, graph, write_adapter
 from support.comfy_harness import run_node
-
-
-@pytest.fixture(scope="module")
-def served(comfy, tmp_path_factory):
-    server = Served.start(comfy, tmp_path_factory.mktemp("bad_input"))
-    yield server
-    server.close()
 
 
 @pytest.fixture(autouse=True)
