@@ -25,7 +25,7 @@ def _features(adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: s
     return features
 
 
-#: Tooltips shared with the nodes that take the same inputs (ImagePromptFromCLIPVision).
+#: Tooltips of the inputs `combine_inputs` makes.
 COMBINE_TOOLTIP = (
     "How several reference images (a batch) become one prompt. concat: each image's tokens side by side "
     "(default). add: sum. subtract: the first image minus the average of the others. average: mean. "
@@ -37,6 +37,15 @@ WEIGHTS_TOOLTIP = (
     "Optional weight per reference image, in batch order, separated by commas: e.g. '1.0, 0.5' for two "
     "images. Each image's CLIP features are multiplied by its weight before combining. Empty: all 1."
 )
+
+
+def combine_inputs() -> list:
+    """combine_embeds and image_weights, the inputs EncodeImagePrompt and ImagePromptFromCLIPVision share."""
+    return [
+        io.Combo.Input("combine_embeds", options=list(COMBINE_MODES), default=CombineMode.CONCAT.value,
+                       optional=True, tooltip=COMBINE_TOOLTIP),
+        io.String.Input("image_weights", default="", optional=True, tooltip=WEIGHTS_TOOLTIP),
+    ]
 
 
 class EncodeImagePrompt(io.ComfyNode):
@@ -62,9 +71,7 @@ class EncodeImagePrompt(io.ComfyNode):
                                tooltip="Optional: what to steer away from. Replaces the unconditional image "
                                        "tokens (default: the reference's zero encoding). 1 image, or one per "
                                        "reference image."),
-                io.Combo.Input("combine_embeds", options=list(COMBINE_MODES), default=CombineMode.CONCAT.value,
-                               optional=True, tooltip=COMBINE_TOOLTIP),
-                io.String.Input("image_weights", default="", optional=True, tooltip=WEIGHTS_TOOLTIP),
+                *combine_inputs(),
             ],
             outputs=[ImagePromptSocket.Output(display_name="image_prompt")],
         )

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..ip_adapter.combine import COMBINE_MODES, CombineMode, parse_image_weights
+from ..ip_adapter.combine import CombineMode, parse_image_weights
 from . import comfy_bridge
-from .encode import COMBINE_TOOLTIP, WEIGHTS_TOOLTIP
+from .encode import combine_inputs
 from .prompt_assembly import check_feature_width, project_prompt, unconditional_features
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
@@ -45,9 +45,7 @@ class ImagePromptFromCLIPVision(io.ComfyNode):
                 io.ClipVisionOutput.Input("negative", optional=True,
                                           tooltip="Optional CLIP Vision Encode output of a negative image: replaces "
                                                   "the unconditional tokens. 1 image, or one per reference."),
-                io.Combo.Input("combine_embeds", options=list(COMBINE_MODES), default=CombineMode.CONCAT.value,
-                               optional=True, tooltip=COMBINE_TOOLTIP),
-                io.String.Input("image_weights", default="", optional=True, tooltip=WEIGHTS_TOOLTIP),
+                *combine_inputs(),
             ],
             outputs=[ImagePromptSocket.Output(display_name="image_prompt")],
         )
