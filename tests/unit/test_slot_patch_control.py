@@ -247,6 +247,27 @@ def test_the_gate_stays_a_tensor_off_the_cpu(adapter) -> None:
     assert gate.factor.device.type == "meta" and gate.factor.dtype == torch.float16
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_whole_patch_runs_without_reading_the_device_back(adapter, dtype) -> None:
+    """A stand-in for "no sync per layer on CUDA": on `meta` tensors every host read
+    (`.item()`, `bool()`, `.tolist()`, `.cpu()`) raises. Window, mask, inverted layer and
+    cached rows all run here, in the UNet's dtype, for several steps."""
+    mask = torch.zeros(1, 8, 8)
+    mask[..., :4] = 1
+    branch = ImageBranch(adapter, prompt_for(adapter, 1), 0.7, window=(10.0, 2.0), mask=mask,
+                         inverted=frozenset({LAYER}))
+    patch = SlotPatch(branch, LAYER, sdpa_attention)
+    meta = torch.device("meta")
+    q, k, v = (t.to(device=meta, dtype=dtype) for t in qkv(2))
+    with torch.inference_mode():
+        for sigma in (12.0, 5.0, 1.0):
+            options = {**options_for([1, 0], [sigma]), "original_shape": [1, 4, 8, 8],
+                       "sigmas": torch.tensor([sigma], device=meta)}
+            out = patch(q, k, v, options)
+            assert out.device == meta and out.dtype == dtype and out.shape == q.shape
+    assert {layout[2] for layout in branch._rows.held_layouts()} == {meta}
+
+
 def test_the_layer_weight_is_fixed_when_the_patch_is_made(adapter) -> None:
     branch = ImageBranch(adapter, prompt_for(adapter, 1), 0.5, layer_weights={LAYER: 0.4})
     assert SlotPatch(branch, LAYER, sdpa_attention).weight == pytest.approx(0.2)
