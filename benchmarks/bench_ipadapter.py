@@ -12,7 +12,7 @@ What is timed ("step"): one UNet forward through ComfyUI's `BaseModel.apply_mode
 `transformer_options`, so the registered attn2 replace patches run exactly as in sampling. The
 ModelPatchers are loaded first (`load_models_gpu`, which also loads the adapter weights through
 the patches' `models()`), so no load/offload and no sampler bookkeeping is inside the timing.
-Variants are interleaved round by round (plain, base x1, base x3, plus x1, plus x3, plain, ...);
+Variants are interleaved round by round (plain, base x1, ..., plus x3, then the same backwards);
 figures are medians with the min-max spread, overhead = median(patched) / median(plain) - 1.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -210,17 +211,22 @@ def _verdict(name: str, step: dict, target: float) -> str:
 
 
 def print_ratios(result: dict, pack: str) -> None:
-    """Ours over the other pack's, same UNet, same rounds (< 1: we are faster): median step, and added time."""
+    """Ours over the other pack's, same UNet, same rounds (< 1: we are faster).
+
+    Median step over median step; the median of the per-round ratios (steadier: both are
+    timed in the same round); and the time the patched layers add.
+    """
     steps = result["step"]
     cells, added = [], []
     for name in steps:
         theirs = steps.get(f"{name} [{pack}]")
         if name != "plain" and theirs is not None:
-            cells.append(f"{name} {steps[name]['median_ms'] / theirs['median_ms']:.3f}")
+            paired = statistics.median(a / b for a, b in zip(steps[name]["times_ms"], theirs["times_ms"]))
+            cells.append(f"{name} {steps[name]['median_ms'] / theirs['median_ms']:.3f} ({paired:.3f})")
             if steps[name].get("attributed") and theirs.get("attributed"):
                 added.append(f"{name} {steps[name]['attributed']['added_ms']:.1f} vs "
                              f"{theirs['attributed']['added_ms']:.1f}")
-    print(f"{'':5} ratio ours/{pack} (median step): " + ", ".join(cells))
+    print(f"{'':5} ratio ours/{pack}, median step (paired per round): " + ", ".join(cells))
     if added:
         print(f"{'':5} ms added per step by the patched layers, ours vs {pack}: " + ", ".join(added))
 

@@ -135,7 +135,12 @@ def attributed_cost(model, step: Step, device: str, reps: int = 5) -> dict | Non
 
 
 def interleaved(models: dict[str, object], step: Step, device: str, warmup: int, repeats: int) -> dict:
-    """Time every model once per round, rounds repeated; also the peak memory of one call each."""
+    """Time every model once per round, rounds repeated; also the peak memory of one call each.
+
+    Odd rounds run the models in reverse order (forward, backward, forward, ...), so a
+    drift inside a round (caches, clocks, a neighbour's load) does not favour the models
+    timed first: with 9 variants a round lasts over a minute on a CPU.
+    """
     outputs = {}
     for _ in range(warmup):
         for name, m in models.items():
@@ -143,8 +148,9 @@ def interleaved(models: dict[str, object], step: Step, device: str, warmup: int,
     plain = outputs["plain"].float()
     changed = {name: float((o.float() - plain).abs().max()) for name, o in outputs.items() if name != "plain"}
     times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, m in models.items():
+    for round_index in range(repeats):
+        order = list(models.items())
+        for name, m in order if round_index % 2 == 0 else reversed(order):
             times[name].append(step(m, device)[0])
     peaks = {}
     for name, m in models.items():
@@ -155,7 +161,7 @@ def interleaved(models: dict[str, object], step: Step, device: str, warmup: int,
     plain_best = min(times["plain"])
     result = {}
     for name, t in times.items():
-        row = {**summary(t), "peak_memory_mb": peaks[name]}
+        row = {**summary(t), "peak_memory_mb": peaks[name], "times_ms": [x * 1e3 for x in t]}
         if name != "plain":
             row["overhead_pct"] = (statistics.median(t) / plain_med - 1.0) * 100
             # Per-round ratios cancel slow drifts (thermal, other processes) that medians keep.
