@@ -77,30 +77,37 @@ def step_inputs(model, base: str, latent: int, device: str, dtype: torch.dtype) 
     return Step(x, sigma, context, pooled)
 
 
-def _best_time(fn, device: str, reps: int, rounds: int = 7) -> float:
-    """Seconds per call of `fn`: the best of `rounds` batches of `reps` calls (noise only adds time)."""
-    fn()
-    best = float("inf")
+def _best_pair(first, second, device: str, rounds: int = 15) -> tuple[float, float]:
+    """Seconds per call of `first` and of `second`: the fastest of `rounds` single calls each, alternated.
+
+    Noise on a shared machine only adds time, so the fastest call is the steadiest
+    figure. Single calls, not batches: a longer timed interval is more likely to catch
+    a neighbour's burst, which would bias the slower function's best time upward and
+    inflate the difference. Alternating gives both the same conditions.
+    """
+    first()
+    second()
+    best = [float("inf"), float("inf")]
     for _ in range(rounds):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(reps):
+        for slot, fn in enumerate((first, second)):
+            sync(device)
+            start = time.perf_counter()
             fn()
-        sync(device)
-        best = min(best, (time.perf_counter() - start) / reps)
-    return best
+            sync(device)
+            best[slot] = min(best[slot], time.perf_counter() - start)
+    return best[0], best[1]
 
 
-def attributed_cost(model, step: Step, device: str, reps: int = 5) -> dict | None:
+def attributed_cost(model, step: Step, device: str) -> dict | None:
     """What the attn2 replace patches add to one step, layer by layer, with the step's own inputs.
 
     One step runs with every registered attn2 patch wrapped in a recorder (on a clone: the
     model itself is not touched). Each recorded call is then replayed: the patch as
     registered, and the host's text attention alone (ComfyUI's `optimized_attention`, what
-    the unpatched layer runs). The sum of the differences is the patches' cost per step. On a
-    shared machine this is far steadier than the difference of two step times, because each
-    call is timed as the best of several short batches. It leaves out effects on the rest of
-    the step (caches), which the interleaved step times include.
+    the unpatched layer runs), alternately, each timed as its fastest single call
+    (`_best_pair`). The sum of the differences is the patches' cost per step. On a shared
+    machine this is far steadier than the difference of two step times. It leaves out
+    effects on the rest of the step (caches), which the interleaved step times include.
     """
     import comfy.ldm.modules.attention as comfy_attention
 
@@ -127,9 +134,10 @@ def attributed_cost(model, step: Step, device: str, reps: int = 5) -> dict | Non
                 return comfy_attention.optimized_attention(q, k, v, options["n_heads"],
                                                            attn_precision=options.get("attn_precision"),
                                                            transformer_options=options)
-            patched_s += _best_time(lambda patch=patch, q=q, k=k, v=v, options=options: patch(q, k, v, options),
-                                    device, reps)
-            text_s += _best_time(text, device, reps)
+            patched, alone = _best_pair(lambda patch=patch, q=q, k=k, v=v, options=options: patch(q, k, v, options),
+                                        text, device)
+            patched_s += patched
+            text_s += alone
     return {"layers_called": len(calls), "patched_layers_ms": patched_s * 1e3, "text_attention_ms": text_s * 1e3,
             "added_ms": (patched_s - text_s) * 1e3}
 
