@@ -194,7 +194,8 @@ def print_table(results: list[dict], device: str, judged_sizes: set[tuple]) -> N
                       f"called by ComfyUI {hit}")
             print_ratios(r, pack)
     print("overhead: median step / median plain - 1; paired: median of the per-round ratios; layers: the "
-          "patched layers' own added time (each call replayed, fastest of 15 single calls, alternated with the text attention alone) / the plain step's best")
+          "patched layers' own added time (each call replayed, fastest of 15 single calls, alternated with the "
+          "text attention alone) / the plain step's best")
     where = "fp16 at real size" if device == "cuda" else "at the largest CPU size per model"
     print(f"target: overhead within {target}% on {device} {where}, for one adapter (x1), judged on 'layers' "
           "('paired' where there is no layer figure); x3 rows (three adapters' math), the other pack's rows and "
