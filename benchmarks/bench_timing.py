@@ -156,9 +156,10 @@ def interleaved(models: dict[str, object], step: Step, device: str, warmup: int,
     plain = outputs["plain"].float()
     changed = {name: float((o.float() - plain).abs().max()) for name, o in outputs.items() if name != "plain"}
     times: dict[str, list[float]] = {name: [] for name in models}
+    forward = list(models.items())
+    orders = (forward, forward[::-1])
     for round_index in range(repeats):
-        order = list(models.items())
-        for name, m in order if round_index % 2 == 0 else reversed(order):
+        for name, m in orders[round_index % 2]:
             times[name].append(step(m, device)[0])
     peaks = {}
     for name, m in models.items():
