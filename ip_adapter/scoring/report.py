@@ -63,16 +63,20 @@ def format_table(rows: Sequence[Row], title: str | None = None) -> str:
     return "\n".join(out)
 
 
+def _json_number(v: float | None) -> float | None:
+    """JSON has no NaN: a missing or NaN score becomes null."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
 def to_dict(rows: Sequence[Row], **context: Any) -> dict[str, Any]:
     """JSON-ready: context (model, reference, text ...), definitions, rows, means (null for NaN)."""
     mean_i, mean_t = means(rows)
-    clean = (lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
     return {
         **context,
         "definitions": DEFINITIONS,
-        "rows": [{"image": r.label, "weight": r.weight, "clip_i": clean(r.clip_i), "clip_t": clean(r.clip_t)}
+        "rows": [{"image": r.label, "weight": r.weight, "clip_i": _json_number(r.clip_i), "clip_t": _json_number(r.clip_t)}
                  for r in rows],
-        "mean": {"clip_i": clean(mean_i), "clip_t": clean(mean_t)},
+        "mean": {"clip_i": _json_number(mean_i), "clip_t": _json_number(mean_t)},
     }
 
 

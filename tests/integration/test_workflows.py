@@ -57,7 +57,8 @@ UI_KEYS = {"last_node_id", "last_link_id", "nodes", "links", "groups", "config",
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
              "widgets_values"}
 
-ids = lambda p: p.stem
+def ids(path):
+    return path.stem
 
 
 @pytest.fixture(scope="module")
