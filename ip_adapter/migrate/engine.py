@@ -148,8 +148,8 @@ class Context:
             node = self.graph.nodes.get(model.node)
             if node is None:
                 break
-            if node.type in MODEL_LOADERS and isinstance(node.inputs.get(MODEL_LOADERS[node.type]), str):
-                name = node.inputs[MODEL_LOADERS[node.type]]
+            if node.type in MODEL_LOADERS and isinstance(node.inputs.get(MODEL_LOADERS[node.type][0]), str):
+                name = node.inputs[MODEL_LOADERS[node.type][0]]
                 return guess_base(name), f"from the checkpoint name '{name}'"
             model = node.inputs.get("model")
             seen += 1

@@ -25,9 +25,10 @@ PRESETS: dict[str, dict[str, tuple[str, str]]] = {
     "FULL FACE - SD1.5 only (portraits stronger)": {"sd15": ("ip-adapter-full-face_sd15.safetensors", VIT_H)},
 }
 
-#: Loader node types whose first widget names the checkpoint, for guessing SD1.5 vs SDXL.
-MODEL_LOADERS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name", "UNETLoader": "unet_name",
-                 "ImageOnlyCheckpointLoader": "ckpt_name", "unCLIPCheckpointLoader": "ckpt_name"}
+#: ComfyUI's loaders that name the checkpoint (input name, its position in widgets_values), for SD1.5 vs SDXL.
+MODEL_LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", 0), "CheckpointLoader": ("ckpt_name", 1),
+                 "UNETLoader": ("unet_name", 0), "ImageOnlyCheckpointLoader": ("ckpt_name", 0),
+                 "unCLIPCheckpointLoader": ("ckpt_name", 0)}
 
 
 def guess_base(file_name: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .engine import NewNode, Plan
 from .graph import Graph, Link, MigrationError, NewRef, Node
+from .presets import MODEL_LOADERS
 from .tables import INCUMBENT, OUR_DEFAULTS, OURS
 
 GAP = 40
@@ -50,6 +51,9 @@ def read(data: dict[str, Any]) -> Graph:
                 ok, problem = False, (f"its {len(values)} saved widget values do not match the last release of "
                                       f"ComfyUI_IPAdapter_plus ({len(table.widgets)}: {', '.join(table.widgets)}); "
                                       "open and save it there once, then convert again")
+        if type_ in MODEL_LOADERS and isinstance(values, list) and len(values) > MODEL_LOADERS[type_][1]:
+            name, index = MODEL_LOADERS[type_]
+            inputs[name] = values[index]  # only read, to tell SD1.5 from SDXL
         for slot in node.get("inputs") or []:
             link = slot.get("link")
             if link is not None:
