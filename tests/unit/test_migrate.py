@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from ip_adapter.migrate import MigrationError, convert, detect_format
-from ip_adapter.migrate.__main__ import main
-from ip_adapter.migrate.presets import PRESETS
-from ip_adapter.migrate.tables import INCUMBENT, OURS, UNMAPPED
+from ipadapter_pack.ip_adapter.migrate import MigrationError, convert, detect_format
+from ipadapter_pack.ip_adapter.migrate.__main__ import main
+from ipadapter_pack.ip_adapter.migrate.presets import PRESETS
+from ipadapter_pack.ip_adapter.migrate.tables import INCUMBENT, OURS, UNMAPPED
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "migrate"
 NAMES = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl", "unmapped")
