@@ -56,6 +56,7 @@ OPTIONS: dict[str, tuple[str, dict, dict]] = {
     "K+V (embeds scaling)": ("base", {"embeds_scaling": "K+V", "weight": 1.3}, {}),
     "attn_mask (left half)": ("base", {}, {"attn_mask": ["mask", 1]}),
     "start 0.3 / end 0.7 (window)": ("base", {"start_at": 0.3, "end_at": 0.7}, {}),
+    "start 0 / end 0.5 (window)": ("base", {"start_at": 0.0, "end_at": 0.5}, {}),
     "negative image": ("base", {}, {"image_negative": ["ref_b", 0]}),
     "plus, linear": ("plus", {}, {}),
 }
@@ -163,6 +164,7 @@ def variant(converted: dict, drop_middle: bool, black_negative: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--only", nargs="*", help="run only the options whose name starts with one of these")
     args = parser.parse_args()
     comfy_path = comfy_harness.find_comfyui()
     if comfy_path is None:
@@ -200,6 +202,8 @@ def main() -> int:
         plain = sampled(runner, incumbent_graph("base", {}, {}, with_adapter=False))
         rows = []
         for option, (adapter, changes, extra) in OPTIONS.items():
+            if args.only and not any(option.startswith(prefix) for prefix in args.only):
+                continue
             original = incumbent_graph(adapter, changes, extra)
             converted, report = migrate.convert(original)
             assert not report.needs_incumbent, report.text()
@@ -212,7 +216,9 @@ def main() -> int:
                 row["rel_middle_off_black_negative"] = float(
                     (sampled(runner, variant(converted, True, True)) - ref).abs().max()) / effect
             rows.append(row)
+            row["abs_middle_off"] = row["rel_middle_off"] * effect
             print(f"{option:32} effect {effect:8.4f}  rel {row['rel']:.2e}  middle off {row['rel_middle_off']:.2e}"
+                  f" (abs {row['abs_middle_off']:.1e})"
                   + (f"  + black negative {row['rel_middle_off_black_negative']:.2e}"
                      if "rel_middle_off_black_negative" in row else ""), flush=True)
     final = [r.get("rel_middle_off_black_negative", r["rel_middle_off"]) for r in rows]
