@@ -100,8 +100,11 @@ class Context:
         node = self.graph.nodes.get(value.node)
         if node is None:
             raise Unmappable(f"a link comes from node {value.node}, which is not in the workflow")
-        while node.type == "Reroute" and isinstance(node.inputs.get("", node.inputs.get("input")), Link):
-            node = self.graph.nodes[(node.inputs.get("") or node.inputs.get("input")).node]
+        while node.type == "Reroute":  # the frontend's pass-through node: look at what feeds it
+            upstream = node.inputs.get("", node.inputs.get("input"))
+            if not isinstance(upstream, Link) or upstream.node not in self.graph.nodes:
+                break
+            node = self.graph.nodes[upstream.node]
         return node
 
     def converted_source(self, value: Any, what: str) -> Converted:

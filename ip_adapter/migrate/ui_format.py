@@ -127,7 +127,7 @@ def _node(new: NewNode, node_id: int, old: dict[str, dict], plan: Plan) -> dict[
     siblings = [n for n in plan.new_nodes if n.anchor == new.anchor]
     below = sum(OURS[n.type].size[1] + GAP for n in siblings[: siblings.index(new)])
     x, y = (anchor.get("pos") or [0, 0])[:2] if isinstance(anchor.get("pos"), list) else (0, 0)
-    inputs = [{"name": name, "type": type_, "link": None, **({"shape": 7} if optional else {})}
+    inputs: list[dict[str, Any]] = [{"name": name, "type": type_, "link": None, **({"shape": 7} if optional else {})}
               for name, type_, optional in table.sockets]
     for name in table.widgets:
         if isinstance(new.inputs.get(name), (Link, NewRef)):  # a widget fed by a link, as the frontend saves it

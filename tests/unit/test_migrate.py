@@ -331,3 +331,26 @@ def test_conversion_does_not_change_its_input() -> None:
             before = copy.deepcopy(data)
             convert(data)
             assert data == before
+
+
+def test_ui_reroute_between_loader_and_apply() -> None:
+    """A legacy Reroute node on the ipadapter link: the apply is still converted, the reroute re-fed."""
+    original = load("ui", "unified_advanced")
+    nodes = {n["id"]: n for n in original["nodes"]}
+    (link,) = [link for link in original["links"] if link[1] == 10 and link[2] == 1]  # loader.ipadapter -> 11
+    reroute_in = max(lk[0] for lk in original["links"]) + 1
+    original["nodes"].append({
+        "id": 99, "type": "Reroute", "pos": [600, 600], "size": [75, 26], "flags": {}, "order": 99, "mode": 0,
+        "inputs": [{"name": "", "type": "*", "link": reroute_in}],
+        "outputs": [{"name": "", "type": "IPADAPTER", "links": [link[0]], "slot_index": 0}], "properties": {}})
+    original["links"].append([reroute_in, 10, 1, 99, 0, "IPADAPTER"])
+    nodes[10]["outputs"][1]["links"] = [reroute_in]
+    link[1], link[2] = 99, 0
+    ui, report = convert(original)
+    assert {e.node: e.status for e in report.entries} == {"10": "converted", "11": "converted"}
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    apply = next(n for n in ui["nodes"] if n["type"] == "ApplyIPAdapter")
+    source = {lk[0]: lk for lk in ui["links"]}[next(s["link"] for s in apply["inputs"] if s["name"] == "ip_adapter")]
+    assert by_id[source[1]]["type"] == "LoadIPAdapter"
+    reroute_source = {lk[0]: lk for lk in ui["links"]}[by_id[99]["inputs"][0]["link"]]
+    assert by_id[reroute_source[1]]["type"] == "LoadIPAdapter"
