@@ -183,6 +183,8 @@ def plan(graph: Graph, rules: dict[str, Rule], report: Report) -> Plan:
         except Unmappable as exc:
             report.left(node, f"not converted: {exc}.")
             continue
+        if node.note:
+            done.note = "; ".join(n for n in (node.note, done.note) if n)
         for new in ctx.pending:
             new.mode = node.mode
         new_nodes.extend(ctx.pending)

@@ -48,6 +48,7 @@ class Node:
     widgets_ok: bool = True
     problem: str = ""
     mode: int = 0  # 0 runs; 2 muted, 4 bypassed (UI format)
+    note: str = ""  # what reading it assumed (older saved widgets), for the report
 
 
 @dataclass

@@ -61,8 +61,15 @@ def linked(node: Node, name: str) -> Link | None:
     return value if isinstance(value, Link) else None
 
 
+#: File name parts of adapters this pack does not load (FaceID needs InsightFace; Kolors is not supported).
+UNSUPPORTED_FILES = ("faceid", "kolors", "portrait")
+
+
 def model_loader(node: Node, ctx: Context) -> Converted:
-    adapter = ctx.add("LoadIPAdapter", "loader", adapter_name=literal(node, "ipadapter_file"))
+    name = literal(node, "ipadapter_file")
+    if any(part in name.lower() for part in UNSUPPORTED_FILES):
+        raise Unmappable(f"'{name}' looks like a FaceID/Kolors adapter, which this pack does not load")
+    adapter = ctx.add("LoadIPAdapter", "loader", adapter_name=name)
     return Converted(outputs={0: adapter}, adapter=adapter)
 
 

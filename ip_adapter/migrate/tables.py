@@ -20,6 +20,9 @@ class NodeTable:
     #: (name, type) per output slot.
     outputs: tuple[tuple[str, str], ...]
     size: tuple[int, int] = (315, 100)
+    #: Trailing widgets that later releases added, with their defaults: a file saved before them
+    #: has fewer widgets_values, and the frontend gives the missing widgets these values.
+    later: tuple[tuple[str, object], ...] = ()
 
 
 SCALINGS = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
@@ -35,12 +38,12 @@ INCUMBENT: dict[str, NodeTable] = {
         ("weight", "start_at", "end_at", "weight_type"),
         (("model", "MODEL", False), ("ipadapter", "IPADAPTER", False), ("image", "IMAGE", False),
          ("attn_mask", "MASK", True)),
-        (("MODEL", "MODEL"),)),
+        (("MODEL", "MODEL"),), later=(("weight_type", "standard"),)),
     "IPAdapterAdvanced": NodeTable(
         ("weight", "weight_type", "combine_embeds", "start_at", "end_at", "embeds_scaling"),
         (("model", "MODEL", False), ("ipadapter", "IPADAPTER", False), ("image", "IMAGE", False),
          ("image_negative", "IMAGE", True), ("attn_mask", "MASK", True), ("clip_vision", "CLIP_VISION", True)),
-        (("MODEL", "MODEL"),)),
+        (("MODEL", "MODEL"),), later=(("embeds_scaling", "V only"),)),
     "IPAdapterStyleComposition": NodeTable(
         ("weight_style", "weight_composition", "expand_style", "combine_embeds", "start_at", "end_at",
          "embeds_scaling"),
@@ -61,7 +64,7 @@ INCUMBENT: dict[str, NodeTable] = {
         ("weight", "weight_type", "start_at", "end_at", "embeds_scaling"),
         (("model", "MODEL", False), ("ipadapter", "IPADAPTER", False), ("pos_embed", "EMBEDS", False),
          ("neg_embed", "EMBEDS", True), ("attn_mask", "MASK", True), ("clip_vision", "CLIP_VISION", True)),
-        (("MODEL", "MODEL"),)),
+        (("MODEL", "MODEL"),), later=(("embeds_scaling", "V only"),)),
     "PrepImageForClipVision": NodeTable(
         ("interpolation", "crop_position", "sharpening"), (("image", "IMAGE", False),), (("IMAGE", "IMAGE"),)),
 }

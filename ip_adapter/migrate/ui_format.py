@@ -13,7 +13,7 @@ from typing import Any
 from .engine import NewNode, Plan
 from .graph import Graph, Link, MigrationError, NewRef, Node
 from .presets import MODEL_LOADERS
-from .tables import INCUMBENT, OUR_DEFAULTS, OURS
+from .tables import INCUMBENT, OUR_DEFAULTS, OURS, NodeTable
 
 GAP = 40
 
@@ -39,7 +39,7 @@ def read(data: dict[str, Any]) -> Graph:
             raise MigrationError(f"nodes[{i}] has no id or type: not a ComfyUI workflow node")
         node_id, type_ = str(node["id"]), node["type"]
         inputs: dict[str, Any] = {}
-        ok, problem = True, ""
+        ok, problem, note = True, "", ""
         table = INCUMBENT.get(type_)
         values = node.get("widgets_values", [])
         if table is not None:
@@ -47,6 +47,10 @@ def read(data: dict[str, Any]) -> Graph:
                 inputs.update({k: v for k, v in values.items() if k in table.widgets})
             elif len(values) == len(table.widgets):
                 inputs.update(zip(table.widgets, values))
+            elif _older_release(table, values):
+                missing = dict(table.later[len(values) - len(table.widgets):])
+                inputs.update(zip(table.widgets, list(values) + list(missing.values())))
+                note = "saved by an older release: " + ", ".join(f"{k} '{v}' (its default then)" for k, v in missing.items())
             else:
                 ok, problem = False, (f"its {len(values)} saved widget values do not match the last release of "
                                       f"ComfyUI_IPAdapter_plus ({len(table.widgets)}: {', '.join(table.widgets)}); "
@@ -61,8 +65,16 @@ def read(data: dict[str, Any]) -> Graph:
                     raise MigrationError(f"node {node_id} input '{slot.get('name')}' uses link {link}, which is "
                                          "not in the links table; the file is damaged")
                 inputs[slot.get("name", "")] = Link(*sources[link])
-        graph.nodes[node_id] = Node(node_id, type_, inputs, node.get("title"), ok, problem, int(node.get("mode", 0)))
+        graph.nodes[node_id] = Node(node_id, type_, inputs, node.get("title"), ok, problem, int(node.get("mode", 0)),
+                                    note)
     return graph
+
+
+def _older_release(table: NodeTable, values: list) -> bool:
+    """True when `values` lack only trailing widgets that later releases added."""
+    missing = len(table.widgets) - len(values)
+    return 0 < missing <= len(table.later) and all(
+        name == widget for (name, _), widget in zip(table.later[-missing:], table.widgets[-missing:]))
 
 
 def write(data: dict[str, Any], plan: Plan) -> dict[str, Any]:

@@ -271,14 +271,34 @@ def test_ui_nodes_take_the_old_place_and_mode() -> None:
     assert encode["mode"] == apply["mode"] == 4 and apply["title"] == "My style"
 
 
-def test_ui_widget_count_of_an_older_release_is_reported() -> None:
+def test_ui_file_saved_before_embeds_scaling_gets_the_default_of_then() -> None:
     original = load("ui", "unified_advanced")
     node = next(n for n in original["nodes"] if n["type"] == "IPAdapterAdvanced")
-    node["widgets_values"] = node["widgets_values"][:-1]  # before embeds_scaling existed
+    assert node["widgets_values"][-1] == "K+V"
+    node["widgets_values"] = node["widgets_values"][:-1]  # saved before embeds_scaling existed
+    converted, report = convert(original)
+    apply = next(n for n in converted["nodes"] if n["type"] == "ApplyIPAdapter")
+    assert apply["widgets_values"] == [0.7, 0.1, 0.9, "style transfer", "V only", ""]
+    assert "older release: embeds_scaling 'V only'" in next(e.message for e in report.entries if e.node == "11")
+
+
+@pytest.mark.parametrize("values", [[0.7, "style transfer", "average", 0.1], [0.7, "linear", "concat", 0, 1, "V only", 3]])
+def test_ui_widget_count_that_fits_no_release_is_reported(values: list) -> None:
+    original = load("ui", "unified_advanced")
+    node = next(n for n in original["nodes"] if n["type"] == "IPAdapterAdvanced")
+    node["widgets_values"] = values
     converted, report = convert(original)
     kept = next(n for n in converted["nodes"] if n["id"] == node["id"])
     assert {k: v for k, v in kept.items() if k != "order"} == {k: v for k, v in node.items() if k != "order"}
     assert "do not match the last release" in next(e.message for e in report.entries if e.node == str(node["id"]))
+
+
+def test_faceid_file_in_the_plain_loader_is_left() -> None:
+    original = load("api", "loader_simple_prep")
+    original["6"]["inputs"]["ipadapter_file"] = "ip-adapter-faceid-plusv2_sd15.bin"
+    converted, report = convert(original)
+    assert converted["6"] == original["6"] and converted["9"] == original["9"]
+    assert "FaceID/Kolors" in next(e.message for e in report.entries if e.node == "6")
 
 
 # ---- bad input: a clear error --------------------------------------------------------------
