@@ -94,7 +94,9 @@ def unified_loader(node: Node, ctx: Context) -> Converted:
 def image_count(ctx: Context, ref: Ref) -> int | None:
     """How many images an IMAGE source holds, where the graph says (LoadImage: 1)."""
     if isinstance(ref, NewRef):
-        new = next(n for n in ctx.pending if n.key == ref.key)
+        new = next((n for n in ctx.pending if n.key == ref.key), None)
+        if new is None or new.type != "ImageBatch":
+            return None
         parts = [image_count(ctx, new.inputs[k]) for k in ("image1", "image2")]
         return None if None in parts else sum(parts)  # type: ignore[arg-type]
     node = ctx.source_node(ref)
