@@ -139,3 +139,17 @@ def test_published_table_urls() -> None:
         "https://huggingface.co/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors")
     assert published("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors") is ENCODERS["ViT-H/14"]
     assert VIT_H_CONFIG["projection_dim"] == 1024
+
+
+def test_registering_a_model_folder_creates_it(tmp_path) -> None:
+    """What ComfyUI's folder_paths offers, as a namespace: the pack's folder exists after loading."""
+    from types import SimpleNamespace
+
+    from ipadapter_pack.utils.model_folders import register_model_folder
+
+    table: dict[str, tuple[list[str], set[str]]] = {}
+    fake = SimpleNamespace(models_dir=str(tmp_path / "models"), folder_names_and_paths=table,
+                           add_model_folder_path=lambda name, path: table.setdefault(name, ([], set()))[0].append(path))
+    register_model_folder(fake, "ipadapter")
+    assert (tmp_path / "models" / "ipadapter").is_dir()
+    assert ".safetensors" in table["ipadapter"][1]
