@@ -24,8 +24,9 @@ MODEL_INPUTS = {
     "clip_name1": "text_encoders", "clip_name2": "text_encoders", "clip_name3": "text_encoders",
 }
 _FOLDER_BY_CLASS = {("CLIPVisionLoader", "clip_name"): "clip_vision", ("CLIPLoader", "clip_name"): "text_encoders"}
-MODELS_HINT = ("see the README's Models section for where each file comes from; "
-               "`python -m ip_adapter.models` (from the pack folder) lists what ComfyUI has and what is missing")
+MODELS_HINT = ("after adding files press R in ComfyUI (or restart it); the README's Models section says where "
+               "each file comes from, and `python -m ip_adapter.models` (from the pack folder) lists what "
+               "ComfyUI has and what is missing")
 
 
 class PreflightError(BatchError):
@@ -79,8 +80,8 @@ def prompt_problems(prompt: Mapping[str, Any], object_info: Mapping[str, Any],
                 continue
             folder = folder_for(class_type, name)
             if folder is not None:
-                problems.append(f"{where} input {name!r}: model file {value!r} is not on the server; put it in "
-                                f"ComfyUI/models/{folder}/ and press R in ComfyUI (or restart); {MODELS_HINT}")
+                problems.append(f"{where} input {name!r}: model file {value!r} is not on the server; "
+                                f"put it in ComfyUI/models/{folder}/")
             else:
                 shown = ", ".join(map(repr, options[:8])) + (" ..." if len(options) > 8 else "")
                 problems.append(f"{where} input {name!r}: {value!r} is not one of {shown}")
@@ -101,6 +102,8 @@ def format_groups(groups: Sequence[tuple[str, Sequence[int]]], total: int) -> st
     for problem, items in groups:
         which = "every item" if len(items) == total else f"items {_ranges(items)}"
         lines.append(f"{problem}  [{which}]")
+    if any("model file" in problem and "is not on the server" in problem for problem, _ in groups):
+        lines.append(f"hint: {MODELS_HINT}")
     return "\n".join(lines)
 
 
