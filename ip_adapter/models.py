@@ -97,6 +97,7 @@ class AdapterStatus:
     encoders: tuple[Probe, ...]
     missing: PublishedFile | None
     missing_encoder: str | None = None  # tower name when nothing fits and nothing is published for it
+    misplaced: tuple[Probe, ...] = ()  # fitting encoders in another model folder (move, don't download)
 
     @property
     def ready(self) -> bool:
@@ -126,7 +127,8 @@ class ModelReport:
             "folders": self.folders,
             "adapters": [{"file": rel(s.probe), "what": s.probe.what, "ready": s.ready,
                           "needs": s.probe.spec.encoder if s.probe.spec else None,
-                          "encoders": [rel(e) for e in s.encoders]} for s in self.adapters],
+                          "encoders": [rel(e) for e in s.encoders],
+                          "misplaced_encoders": [rel(e) for e in s.misplaced]} for s in self.adapters],
             "encoders": [{"file": rel(e), "what": e.what, "tower": e.encoder} for e in self.encoders],
             "other_files": [{"file": rel(p), "what": p.what, "hint": _misplaced_hint(folder, p)}
                             for folder, p in self.others],
@@ -143,6 +145,8 @@ class ModelReport:
         out.append(f"\nIP-Adapters ({len(data['adapters'])}, {data['ready']} ready):")
         for a in data["adapters"]:
             pair = f"ready with {a['encoders'][0]}" if a["ready"] else f"NOT READY: needs a {a['needs']} CLIP vision file"
+            if a["misplaced_encoders"]:
+                pair += f"; {a['misplaced_encoders'][0]} is one: move it to models/{ENCODER_FOLDER}/"
             out.append(f"  {a['file']}\n      {a['what']}\n      {pair}")
         if not data["adapters"]:
             out.append("  (none)")
@@ -176,12 +180,15 @@ def build_report(folders: Mapping[str, list[str]], cache: ProbeCache | None = No
     report = ModelReport(folders={k: list(v) for k, v in folders.items()})
     probes = [(folder, cache.probe(path)) for folder, path in list_model_files(folders)]
     report.encoders = [p for folder, p in probes if folder == ENCODER_FOLDER and p.kind == "encoder"]
+    elsewhere = [p for folder, p in probes if folder != ENCODER_FOLDER and p.kind == "encoder"]
     for folder, p in probes:
         if folder == ADAPTER_FOLDER and p.kind == "adapter" and p.spec is not None:
             fitting = tuple(pick_encoder(p, report.encoders))
+            misplaced = () if fitting else tuple(pick_encoder(p, elsewhere))
             wanted = p.spec.encoder
-            missing = None if fitting else source_for(wanted)
-            report.adapters.append(AdapterStatus(p, fitting, missing, None if fitting or missing else wanted))
+            missing = None if fitting or misplaced else source_for(wanted)
+            unpublished = None if fitting or misplaced or missing else wanted
+            report.adapters.append(AdapterStatus(p, fitting, missing, unpublished, misplaced))
         elif not (folder == ENCODER_FOLDER and p.kind == "encoder"):
             report.others.append((folder, p))
     return report

@@ -103,6 +103,10 @@ def test_report_pairs_by_content_and_names_what_is_missing(tmp_path) -> None:
                                 "folder": "clip_vision", "rename": True}]
     hints = {o["file"]: o["hint"] for o in data["other_files"]}
     assert "move it to models/clip_vision/" in hints["ipadapter/oops_encoder.safetensors"]
+    mh.write_tower(tmp_path / "ComfyUI" / "models" / "ipadapter" / "bigG.safetensors", "ViT-bigG/14")
+    moved = check.build_report(folders).as_dict()
+    xl = next(a for a in moved["adapters"] if a["file"] == "ipadapter/xl.safetensors")
+    assert xl["misplaced_encoders"] == ["ipadapter/bigG.safetensors"] and moved["missing"] == []
     json.dumps(data)  # the HTTP route sends it as is
 
 
