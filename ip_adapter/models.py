@@ -161,8 +161,10 @@ class ModelReport:
             for m in data["missing"]:
                 rename = f"\n      save it as {m['name']} (the repository calls it {m['path']})" if m["rename"] else ""
                 out.append(f"  {m['folder']}/{m['name']}\n      from {m['repo']}: {m['path']}\n      {m['url']}{rename}")
-        else:
+        elif all(a["ready"] for a in data["adapters"]):
             out.append("\nNothing missing: every adapter has its CLIP vision file.")
+        else:
+            out.append("\nNothing to download: move the files named above.")
         return "\n".join(out)
 
 
