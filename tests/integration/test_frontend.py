@@ -136,6 +136,18 @@ def test_frontend_export_equals_the_api_twin(clean_page, path: Path) -> None:
     wf.assert_same_api_graph(exported, twin)
 
 
+def test_search_finds_every_node_of_the_pack_by_its_name(server, clean_page) -> None:
+    """Typing "ipadapter" or "IP-Adapter" in the node search lists all of the pack's nodes."""
+    info = _fetch_json(server.url + "/object_info")
+    ours = {v["display_name"] for v in info.values() if v["python_module"].endswith(PACK_DIR_NAME)}
+    assert len(ours) >= 9, ours
+    clean_page.load_workflow({"nodes": [], "links": [], "groups": [], "config": {}, "extra": {}, "version": 0.4,
+                              "last_node_id": 0, "last_link_id": 0}, "empty.json", settle_ms=300)
+    for query in ("ipadapter", "IP-Adapter"):
+        listed = clean_page.search_nodes(query)
+        assert ours <= set(listed), f"{query!r} does not list {sorted(ours - set(listed))}"
+
+
 def test_the_checks_catch_a_broken_workflow(clean_page) -> None:
     """Negative control: the same checks on a copy with three planted faults."""
     workflow = copy.deepcopy(wf.load(wf.WORKFLOWS_DIR / "sd15_image_prompt.json"))
