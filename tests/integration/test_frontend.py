@@ -18,6 +18,7 @@ opens the served frontend (comfyui-frontend-package) and:
 * the frontend's own "Export (API)" (``app.graphToPrompt``) of each loaded workflow equals its
   twin in ``workflows/api/``;
 * each card's thumbnail (``<name>.jpg``) is served;
+* the node search lists every node of this pack for "ipadapter" and for "IP-Adapter";
 * a broken copy (unknown node type, a model file that does not exist, a weight out of range,
   overlapping and undersized nodes) is
   reported by the same checks, so they can fail.

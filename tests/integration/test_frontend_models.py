@@ -3,9 +3,8 @@
 A real ComfyUI 0.8.0 server with only this pack and empty model folders (what a new user
 has before downloading anything), opened in headless Chromium (support.frontend):
 
-* every file in ``workflows/`` (other helpers' too) carries a downloadable ``properties.models``
-  entry for each model file it loads (support.frontend_models.metadata_problems: a unit-level
-  check, here so the rule and the dialog are tested together);
+* (the metadata rule itself, file by file, is checked without a browser in
+  ``tests/unit/test_workflow_metadata.py``)
 * opening each workflow shows the frontend's missing-models dialog listing every one of them as
   ``<directory> / <name>``, none with "Invalid directory" or a refused source;
 * opening the start template from the template browser does the same;
@@ -50,11 +49,6 @@ def frontend(server):
             yield page
     except fe.BrowserUnavailable as exc:
         pytest.skip(str(exc))
-
-
-@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
-def test_every_model_a_workflow_loads_has_download_metadata(path) -> None:
-    assert fm.metadata_problems(wf.load(path)) == []
 
 
 def _close_dialogs(frontend) -> None:
