@@ -1,0 +1,140 @@
+"""Node tables: the incumbent's nodes (ComfyUI_IPAdapter_plus, last release Feb 2025) and ours.
+
+Facts read from the incumbent's `IPAdapterPlus.py` (node ids, input names and order, widget
+defaults); no code of it is used. A UI-format workflow stores widget values by position, so
+the order of `widgets` is the order the frontend saves them (required, then optional).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NodeTable:
+    """One node type's inputs and outputs, as the UI format needs them."""
+
+    widgets: tuple[str, ...]
+    #: (name, type, optional) of the inputs that take links, in schema order.
+    sockets: tuple[tuple[str, str, bool], ...]
+    #: (name, type) per output slot.
+    outputs: tuple[tuple[str, str], ...]
+    size: tuple[int, int] = (315, 100)
+    #: Trailing widgets that later releases added, with their defaults: a file saved before them
+    #: has fewer widgets_values, and the frontend gives the missing widgets these values.
+    later: tuple[tuple[str, object], ...] = ()
+
+
+SCALINGS = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+COMBINES = ("concat", "add", "subtract", "average", "norm average")
+
+#: The incumbent's node types this converter reads.
+INCUMBENT: dict[str, NodeTable] = {
+    "IPAdapterModelLoader": NodeTable(("ipadapter_file",), (), (("IPADAPTER", "IPADAPTER"),)),
+    "IPAdapterUnifiedLoader": NodeTable(
+        ("preset",), (("model", "MODEL", False), ("ipadapter", "IPADAPTER", True)),
+        (("model", "MODEL"), ("ipadapter", "IPADAPTER"))),
+    "IPAdapter": NodeTable(
+        ("weight", "start_at", "end_at", "weight_type"),
+        (("model", "MODEL", False), ("ipadapter", "IPADAPTER", False), ("image", "IMAGE", False),
+         ("attn_mask", "MASK", True)),
+        (("MODEL", "MODEL"),), later=(("weight_type", "standard"),)),
+    "IPAdapterAdvanced": NodeTable(
+        ("weight", "weight_type", "combine_embeds", "start_at", "end_at", "embeds_scaling"),
+        (("model", "MODEL", False), ("ipadapter", "IPADAPTER", False), ("image", "IMAGE", False),
+         ("image_negative", "IMAGE", True), ("attn_mask", "MASK", True), ("clip_vision", "CLIP_VISION", True)),
+        (("MODEL", "MODEL"),), later=(("embeds_scaling", "V only"),)),
+    "IPAdapterStyleComposition": NodeTable(
+        ("weight_style", "weight_composition", "expand_style", "combine_embeds", "start_at", "end_at",
+         "embeds_scaling"),
+        (("model", "MODEL", False), ("ipadapter", "IPADAPTER", False), ("image_style", "IMAGE", False),
+         ("image_composition", "IMAGE", False), ("image_negative", "IMAGE", True), ("attn_mask", "MASK", True),
+         ("clip_vision", "CLIP_VISION", True)),
+        (("MODEL", "MODEL"),)),
+    "IPAdapterEncoder": NodeTable(
+        ("weight",),
+        (("ipadapter", "IPADAPTER", False), ("image", "IMAGE", False), ("mask", "MASK", True),
+         ("clip_vision", "CLIP_VISION", True)),
+        (("pos_embed", "EMBEDS"), ("neg_embed", "EMBEDS"))),
+    "IPAdapterCombineEmbeds": NodeTable(
+        ("method",),
+        (("embed1", "EMBEDS", False), *((f"embed{i}", "EMBEDS", True) for i in range(2, 6))),
+        (("EMBEDS", "EMBEDS"),)),
+    "IPAdapterEmbeds": NodeTable(
+        ("weight", "weight_type", "start_at", "end_at", "embeds_scaling"),
+        (("model", "MODEL", False), ("ipadapter", "IPADAPTER", False), ("pos_embed", "EMBEDS", False),
+         ("neg_embed", "EMBEDS", True), ("attn_mask", "MASK", True), ("clip_vision", "CLIP_VISION", True)),
+        (("MODEL", "MODEL"),), later=(("embeds_scaling", "V only"),)),
+    "PrepImageForClipVision": NodeTable(
+        ("interpolation", "crop_position", "sharpening"), (("image", "IMAGE", False),), (("IMAGE", "IMAGE"),)),
+}
+
+#: This pack's nodes (and ComfyUI's) that converted graphs use. Checked against the live
+#: registry by tests/integration/test_migrate.py.
+OURS: dict[str, NodeTable] = {
+    "LoadIPAdapter": NodeTable(("adapter_name",), (), (("ip_adapter", "IP_ADAPTER_CHECKPOINT"),), (315, 58)),
+    "CLIPVisionLoader": NodeTable(("clip_name",), (), (("CLIP_VISION", "CLIP_VISION"),), (315, 58)),
+    "EncodeImagePrompt": NodeTable(
+        ("fit", "combine_embeds", "image_weights"),
+        (("ip_adapter", "IP_ADAPTER_CHECKPOINT", False), ("clip_vision", "CLIP_VISION", False),
+         ("image", "IMAGE", False), ("negative_image", "IMAGE", True)),
+        (("image_prompt", "IP_ADAPTER_IMAGE_PROMPT"),), (300, 130)),
+    "ApplyIPAdapter": NodeTable(
+        ("weight", "start_percent", "end_percent", "weight_type", "embeds_scaling", "layer_weights"),
+        (("model", "MODEL", False), ("ip_adapter", "IP_ADAPTER_CHECKPOINT", False),
+         ("image_prompt", "IP_ADAPTER_IMAGE_PROMPT", False), ("attn_mask", "MASK", True)),
+        (("MODEL", "MODEL"),), (300, 220)),
+    "ImageBatch": NodeTable((), (("image1", "IMAGE", False), ("image2", "IMAGE", False)),
+                            (("IMAGE", "IMAGE"),), (210, 46)),
+}
+
+#: Our widget defaults, for widget inputs a converted node takes from a link instead.
+OUR_DEFAULTS: dict[str, object] = {
+    "fit": "center crop", "combine_embeds": "concat", "image_weights": "", "weight": 1.0, "start_percent": 0.0,
+    "end_percent": 1.0, "weight_type": "linear", "embeds_scaling": "V only", "layer_weights": "",
+}
+
+#: The incumbent's node types that are left as they are, and why / what to do.
+UNMAPPED: dict[str, str] = {
+    "IPAdapterFaceID": "FaceID adapters need InsightFace face embeddings, which this pack does not compute. "
+                       "Keep ComfyUI_IPAdapter_plus installed for this node.",
+    "IPAdapterFaceIDKolors": "FaceID/Kolors adapters are not supported by this pack. Keep ComfyUI_IPAdapter_plus for it.",
+    "IPAAdapterFaceIDBatch": "FaceID adapters need InsightFace; not supported here. Keep ComfyUI_IPAdapter_plus for it.",
+    "IPAdapterUnifiedLoaderFaceID": "FaceID presets (InsightFace + LoRA) are not supported by this pack.",
+    "IPAdapterInsightFaceLoader": "InsightFace is not used by this pack (no FaceID support).",
+    "IPAdapterUnifiedLoaderCommunity": "Composition/Kolors presets: load the file with Load IP-Adapter and the matching "
+                                       "CLIP vision by hand (Kolors is not supported).",
+    "IPAdapterNoise": "Noise images for the negative are not offered here; connect any image to Encode Image "
+                      "Prompt's negative_image instead (keep the node with ComfyUI_IPAdapter_plus to reproduce it).",
+    "IPAdapterClipVisionEnhancer": "The CLIP vision enhancer (tiled embeds) has no counterpart here.",
+    "IPAdapterClipVisionEnhancerBatch": "The CLIP vision enhancer (tiled embeds) has no counterpart here.",
+    "IPAdapterMS": "Mad-scientist layer weights use the incumbent's own block numbering; rebuild with Apply "
+                   "IP-Adapter's layer_weights (one multiplier per cross-attention layer, README).",
+    "IPAdapterFromParams": "Regional params batches have no counterpart yet: use one Apply IP-Adapter per region "
+                           "with attn_mask.",
+    "IPAdapterRegionalConditioning": "Regional params have no counterpart yet: use one Apply IP-Adapter per region "
+                                     "with attn_mask, and ComfyUI's Conditioning (Set Mask) for the prompts.",
+    "IPAdapterCombineParams": "Regional params have no counterpart yet (see IPAdapterRegionalConditioning).",
+    "IPAdapterPreciseStyleTransfer": "style_boost has no input here; use Apply IP-Adapter with weight_type "
+                                     "'style transfer precise' (style_boost = weight) by hand.",
+    "IPAdapterPreciseStyleTransferBatch": "Per-latent batches and style_boost have no counterpart here.",
+    "IPAdapterPreciseComposition": "composition_boost has no input here; use Apply IP-Adapter with weight_type "
+                                   "'composition precise' by hand.",
+    "IPAdapterPreciseCompositionBatch": "Per-latent batches and composition_boost have no counterpart here.",
+    "IPAdapterWeights": "Frame weight schedules (animation) have no counterpart in this version.",
+    "IPAdapterWeightsFromStrategy": "Frame weight schedules (animation) have no counterpart in this version.",
+    "IPAdapterPromptScheduleFromWeightsStrategy": "Frame weight schedules (animation) have no counterpart here.",
+    "IPAdapterCombineWeights": "Frame weight lists (animation) have no counterpart in this version.",
+    "IPAdapterBatch": "One reference per latent (unfold batch) is not in this version of the pack (the per-latent "
+                      "feature is being added, issue 16). Keep ComfyUI_IPAdapter_plus for this node.",
+    "IPAdapterEmbedsBatch": "One prompt per latent (unfold batch) is not in this version of the pack (issue 16).",
+    "IPAdapterStyleCompositionBatch": "One reference per latent (unfold batch) is not in this version (issue 16).",
+    "IPAdapterTiled": "Tiled encoding of a non-square reference is not in this version of the pack (issue 16). "
+                      "Until then crop the reference and use Encode Image Prompt (fit: center crop or pad).",
+    "IPAdapterTiledBatch": "Tiled and per-latent encoding are not in this version of the pack (issue 16).",
+    "IPAdapterSaveEmbeds": "The incumbent saves embeds as a pickle (.ipadpt), which this pack never reads. Re-encode: "
+                           "Encode Image Prompt -> Save Image Prompt writes a *.image_prompt.safetensors file.",
+    "IPAdapterLoadEmbeds": "A pickled .ipadpt file is never loaded here (it could run code). Re-encode the original "
+                           "images with Encode Image Prompt and save them with Save Image Prompt; load them with "
+                           "Load Image Prompt.",
+}

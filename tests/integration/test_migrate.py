@@ -1,0 +1,128 @@
+"""Converted ComfyUI_IPAdapter_plus workflows against the real node registry, and running.
+
+The incumbent workflows in tests/data/migrate/ are converted with `ip_adapter.migrate` (the
+incumbent itself is never installed here). Then:
+
+* the converter's tables of our nodes equal what the registry says (widget order, sockets,
+  outputs), so UI files it writes line up with the frontend's widgets;
+* every converted API file passes `execution.validate_prompt` once the named files exist;
+* every converted UI file, read with the registry's widget layouts (`ui_to_api`, what
+  "Export (API)" does), is the converted API graph;
+* the SD1.5 ones run on a real ComfyUI server with tiny random-weight models.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from support import comfy_server as server_support
+from support import workflow_files as wf
+from support.comfy_prompts import PromptRunner
+from support.pack import import_pack
+
+# The pure converter, imported without ComfyUI (the repo root never goes on sys.path).
+migrate = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate")
+OURS = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate.tables").OURS
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "migrate"
+MAPPED = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl")
+SD15 = ("unified_advanced", "loader_simple_prep", "embeds")
+EXTRAS = ["nodes_mask.py"]  # SolidMask
+
+
+def _converted(kind: str, name: str) -> dict:
+    converted, report = migrate.convert(json.loads((DATA / kind / f"{name}.json").read_text()))
+    assert not report.needs_incumbent, report.text()
+    return converted
+
+
+@pytest.fixture(scope="module")
+def comfy_nodes(comfy, pack):
+    comfy.load_builtin_extras(EXTRAS)
+    return comfy
+
+
+@pytest.mark.parametrize("node_type", sorted(OURS))
+def test_converter_tables_match_the_registry(comfy_nodes, node_type: str) -> None:
+    cls = comfy_nodes.node_class(node_type)
+    table = OURS[node_type]
+    assert tuple(w.name for w in wf.widgets(cls) if w.is_input) == table.widgets
+    optional = set(cls.INPUT_TYPES().get("optional") or {})
+    assert [(n, t, n in optional) for n, t in wf.socket_inputs(cls).items()] == list(table.sockets)
+    assert wf.output_types(cls) == [t for _, t in table.outputs]
+
+
+def _write_named_files(prompt: dict, folders: dict[str, Path], input_dir: Path) -> None:
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if name in wf.MODEL_FILE_WIDGETS:
+                (folders[wf.MODEL_FILE_WIDGETS[name]] / value).write_bytes(b"")
+            if node["class_type"] == "LoadImage" and name == "image":
+                Image.new("RGB", (64, 48), (120, 90, 60)).save(input_dir / value)
+
+
+@pytest.mark.parametrize("name", MAPPED)
+def test_converted_api_file_validates(comfy_nodes, model_dirs, tmp_path, name: str) -> None:
+    prompt = _converted("api", name)
+    fp = comfy_nodes.folder_paths
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    fp.add_model_folder_path("checkpoints", str(checkpoints), is_default=True)
+    try:
+        _write_named_files(prompt, {**model_dirs, "checkpoints": checkpoints}, Path(fp.get_input_directory()))
+        for folder in (*model_dirs, "checkpoints"):
+            fp.filename_list_cache.pop(folder, None)
+        outputs = PromptRunner().validate(prompt)
+        assert {k for k, v in prompt.items() if v["class_type"] == "SaveImage"} <= set(outputs)
+    finally:
+        fp.folder_names_and_paths["checkpoints"][0].remove(str(checkpoints))
+        fp.filename_list_cache.pop("checkpoints", None)
+
+
+@pytest.mark.parametrize("name", MAPPED)
+def test_converted_ui_file_is_the_converted_api_graph(comfy_nodes, name: str) -> None:
+    exported = wf.ui_to_api(comfy_nodes, _converted("ui", name))  # raises if a widget count is off
+    api = _converted("api", name)
+    assert set(exported) == set(api)
+    for node_id, node in api.items():
+        assert exported[node_id]["class_type"] == node["class_type"]
+        assert exported[node_id]["inputs"] == node["inputs"], f"{name} node {node_id} ({node['class_type']})"
+
+
+def _run(server, prompt: dict, timeout_s: float = 300) -> dict:
+    status, body = server.post_json("/prompt", {"prompt": prompt})
+    assert status == 200, body
+    prompt_id = body["prompt_id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        history = server.get_json(f"/history/{prompt_id}")
+        if prompt_id in history:
+            entry = history[prompt_id]
+            assert entry["status"]["status_str"] == "success", entry["status"]
+            return entry["outputs"]
+        time.sleep(0.5)
+    raise AssertionError(f"prompt did not finish in {timeout_s} s:\n{server.log()[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SD15)
+def test_converted_workflow_runs(comfy_server, name: str) -> None:
+    rng = np.random.default_rng(3)
+    prompt = server_support.tiny_workflow(_converted("api", name))
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            Image.fromarray(rng.integers(0, 256, (72, 64, 3), dtype=np.uint8)).save(
+                comfy_server.folder("input") / node["inputs"]["image"])
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = f"migrated_{name}"
+    outputs = _run(comfy_server, prompt)
+    images = [entry for node in outputs.values() for entry in node.get("images", [])]
+    assert len(images) == 1
+    pixels = np.asarray(Image.open(comfy_server.folder("output") / images[0]["subfolder"] / images[0]["filename"]))
+    assert pixels.shape == (64, 64, 3)
