@@ -18,6 +18,7 @@ import json
 import os
 import re
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -171,12 +172,14 @@ class ProbeCache:
     """Probes by (path, size, mtime): a file is read again only when it changed.
 
     Owned by whoever needs it (the ComfyUI extension, one command run); bounded so a
-    server that sees thousands of files keeps the most recent ones.
+    server that sees thousands of files keeps the most recent ones. The HTTP route and
+    the executor may use it from two threads at once, hence the lock.
     """
 
     def __init__(self, max_entries: int = 1024) -> None:
         self._entries: OrderedDict[tuple[str, int, int], Probe] = OrderedDict()
         self._max = max_entries
+        self._lock = threading.Lock()
         self.reads = 0  # headers actually read (tests and logs)
 
     def probe(self, path: str | os.PathLike[str]) -> Probe:
@@ -186,12 +189,14 @@ class ProbeCache:
         except OSError as exc:
             return Probe(path, "unreadable", f"unreadable: {exc.strerror or exc}")
         key = (path, stat.st_size, stat.st_mtime_ns)
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key]
-        self.reads += 1
-        result = probe_file(path)
-        self._entries[key] = result
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        result = probe_file(path)  # outside the lock: a slow disk does not block the other thread
+        with self._lock:
+            self.reads += 1
+            self._entries[key] = result
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
         return result
