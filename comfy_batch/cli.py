@@ -17,19 +17,20 @@ from pathlib import Path
 from . import plan as planning
 from .client import Retry, TransientError
 from .manifest import DONE, FAILED, Manifest
+from .preflight import MODELS_HINT, PreflightError, format_groups, group
 from .runner import Options, prepare, run
 
 log = logging.getLogger("comfy_batch")
 
 EXAMPLES = """examples:
-  # every reference image in refs/ x 3 seeds x 2 weights = 12 items
+  # every reference image in ~/refs x 3 seeds x 2 weights = 12 items, written outside the pack
   python -m comfy_batch workflows/api/sd15_image_prompt.json --server 127.0.0.1:8188 \\
-      --images refs/ --seeds 1-3 --weights 0.5,0.9 --out batch/
+      --images ~/refs --seeds 1-3 --weights 0.5,0.9 --out ~/ipadapter-batch
 
   # one item per row; columns are addresses (NODE.INPUT by id, title or class)
-  python -m comfy_batch wf.json --list items.csv --out batch/
+  python -m comfy_batch wf.json --list items.csv --out ~/ipadapter-batch
       items.csv:  "Reference image.image","KSampler.seed","Positive.text"
-                  refs/dog.png,1,"a dog on a beach"
+                  refs/dog.png,1,"a dog on a beach"   (paths relative to the CSV)
 """
 
 
@@ -52,7 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="a fixed value for all items")
     g.add_argument("--list", type=Path, metavar="FILE", help="CSV (header: addresses) or JSONL (objects) of items")
     o = p.add_argument_group("output and behaviour")
-    o.add_argument("--out", type=Path, default=Path("batch_output"), help="folder for images and the manifest")
+    o.add_argument("--out", type=Path, default=Path("batch_output"),
+                   help="folder for images and the manifest (best outside the pack's clone, e.g. ~/ipadapter-batch)")
     o.add_argument("--manifest", type=Path, help="results manifest (default: OUT/manifest.json); reused to resume")
     o.add_argument("--retries", type=int, default=2, help="re-runs of an item after a transient failure")
     o.add_argument("--timeout", type=float, default=3600.0, help="seconds one item may take")
@@ -119,17 +121,33 @@ def _scorer(args: argparse.Namespace, plan: planning.Plan):
 
 
 def report(manifest: Manifest, summary: dict, ids: Sequence[str]) -> str:
-    """The end-of-batch summary: counts, then the problems of each failed item of this batch."""
+    """The end-of-batch summary: counts, then each distinct problem once, with the items it hit."""
     head = (f"{summary['done']}/{summary['items']} done, {summary['failed']} failed, {summary['skipped']} "
             f"skipped (already done), {summary['wall_s']:.1f} s; manifest: {manifest.path}")
-    lines = [head]
+    per_item = []
     for key in ids:
         record = manifest.items.get(key, {})
         if record.get("status") == FAILED:
             error = record.get("error") or {}
-            lines.append(f"  item {record['index']} ({key}) {error.get('type', 'error')}:")
-            lines += [f"    {problem}" for problem in error.get("problems") or [error.get("message", "")]]
+            kind = error.get("type", "error")
+            problems = error.get("problems") or [error.get("message", "")]
+            per_item.append((record["index"], [f"{kind}: {p}" for p in problems]))
+    groups = group(per_item)
+    lines = [head] + [f"  {line}" for line in format_groups(groups, len(ids)).splitlines()]
+    if any("Value not in list" in problem and _model_input(problem) for problem, _ in groups):
+        lines.append(f"  hint: a model file is missing on the server; {MODELS_HINT}")
     return "\n".join(lines)
+
+
+def _model_input(problem: str) -> bool:
+    """A validation problem about a model-file input ("node 6 (LoadIPAdapter) input 'adapter_name': ...")."""
+    return any(f"input {name!r}" in problem for name in MODEL_FILE_INPUTS)
+
+
+MODEL_FILE_INPUTS = ("ckpt_name", "adapter_name", "clip_name", "control_net_name", "vae_name", "lora_name", "unet_name")
+UNREACHABLE_HINT = ("hint: is ComfyUI running there? Start it from the ComfyUI folder with "
+                    "`python main.py --listen 127.0.0.1 --port 8188` (add --cpu on a machine without a GPU), "
+                    "wait until http://127.0.0.1:8188/system_stats answers, or pass --server HOST:PORT.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,7 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                       include_temp=args.include_temp, scorer=scorer)
     try:
         manifest, summary = asyncio.run(run(plan, options, str(args.workflow)))
-    except (ValueError, TransientError) as exc:  # unreadable manifest, server unreachable
+    except PreflightError as exc:
+        print(f"error: the server would refuse this batch; nothing was uploaded or queued:\n{exc}", file=sys.stderr)
+        return 2
+    except TransientError as exc:  # server unreachable
+        print(f"error: {exc}\n{UNREACHABLE_HINT}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # unreadable manifest
         print(f"error: {exc}", file=sys.stderr)
         return 2
     ids = [p.id for p in prepare(plan)]

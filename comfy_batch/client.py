@@ -149,6 +149,10 @@ class ComfyClient:
     async def system_stats(self) -> dict[str, Any]:
         return await self._request("GET", "/system_stats")
 
+    async def object_info(self) -> dict[str, Any]:
+        """Every installed node's inputs and their options (model file lists included)."""
+        return await self._request("GET", "/object_info")
+
     async def upload_image(self, path: Path, name: str) -> str:
         """Upload `path` into the server's input folder as `name` (overwrite: same name, same bytes)."""
         content = Path(path).read_bytes()

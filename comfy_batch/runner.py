@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plan as planning
+from . import preflight
 from .client import BatchError, ComfyClient, Retry, TransientError
 from .manifest import DONE, FAILED, Manifest
 from .progress import Follower
@@ -65,6 +66,14 @@ def prepare(plan: planning.Plan) -> list[Prepared]:
             continue
         prepared[key] = Prepared(item, prompt, key)
     return list(prepared.values())
+
+
+def _note(bar: Any, message: str) -> None:
+    """A line for the user above the progress bar (never inside it); a log line without a bar."""
+    if bar is not None and not bar.disable:
+        bar.write(message)
+    else:
+        log.warning(message)
 
 
 def _bar(total: int, enabled: bool) -> Any:
@@ -135,6 +144,10 @@ async def run(plan: planning.Plan, options: Options, workflow_path: str = "") ->
     if pending:
         async with ComfyClient(options.server, options.retry) as client:
             await client.system_stats()  # unreachable: TransientError before any item is touched
+            predicted = preflight.check(pending, await client.object_info())  # PreflightError: none would pass
+            if predicted:
+                log.warning("%d of %d items will be refused by the server: %s", len(predicted), len(pending),
+                            preflight.format_groups(preflight.group(predicted), len(pending)))
             follower = Follower(client, uuid.uuid4().hex)
             await follower.connect()
             bar = _bar(len(pending), options.progress)
@@ -165,10 +178,10 @@ async def _attempts(client: ComfyClient, follower: Follower, prep: Prepared, opt
             break
         except TransientError as exc:
             record["error"] = exc.details()
-            log.warning("item %d: %s (attempt %d of %d)", prep.item.index, exc, attempt + 1, options.retries + 1)
+            _note(bar, f"item {prep.item.index}: {exc} (attempt {attempt + 1} of {options.retries + 1})")
         except BatchError as exc:
             record["error"] = exc.details()
-            log.error("item %d failed: %s", prep.item.index, exc)
+            _note(bar, f"item {prep.item.index} failed ({exc.kind}); details in the summary")
             break
     record.setdefault("timings", {})["total_s"] = time.monotonic() - start
     record["timings"] = {k: round(v, 3) for k, v in record["timings"].items()}

@@ -160,3 +160,13 @@ def image_attention_backend() -> Any:
     if any(selected is fallback for fallback in fallbacks):
         return comfy_attention.get_attention_function("pytorch", selected)
     return selected
+
+
+def load_clip_vision(path: str) -> Any:
+    """ComfyUI's own CLIP vision loader (what `Load CLIP Vision` runs) on a file found by content."""
+    import comfy.clip_vision
+
+    model = comfy.clip_vision.load(path)
+    if model is None:
+        raise ImagePromptError(f"ComfyUI could not load '{path}' as a CLIP vision model; download it again.")
+    return model

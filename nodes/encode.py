@@ -53,7 +53,7 @@ class EncodeImagePrompt(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EncodeImagePrompt",
-            display_name="Encode Image Prompt",
+            display_name="IP-Adapter Encode Image Prompt",
             category="ip_adapter",
             description="Encodes reference images with CLIP vision and projects them into the adapter's image "
                         "tokens. Several images in the batch are concatenated into one prompt, or combined "

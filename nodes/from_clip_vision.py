@@ -26,7 +26,7 @@ class ImagePromptFromCLIPVision(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id=NODE,
-            display_name="Image Prompt from CLIP Vision Output",
+            display_name="IP-Adapter Image Prompt from CLIP Vision Output",
             category="ip_adapter",
             description="Projects the output of ComfyUI's CLIP Vision Encode into the adapter's image tokens "
                         "(image_embeds or penultimate hidden states, as the adapter needs). Equal to Encode Image "

@@ -59,7 +59,7 @@ class SaveImagePrompt(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SaveImagePrompt",
-            display_name="Save Image Prompt",
+            display_name="IP-Adapter Save Image Prompt",
             category="ip_adapter",
             description=f"Saves an image prompt (its tokens and the adapter they belong to) as *{SUFFIX} in the "
                         "output folder. Load Image Prompt reads it back without CLIP vision or the images.",
@@ -91,7 +91,7 @@ class LoadImagePrompt(io.ComfyNode):
         files += [name + OUTPUT_TAG for name in _prompt_files(folder_paths.get_output_directory())]
         return io.Schema(
             node_id="LoadImagePrompt",
-            display_name="Load Image Prompt",
+            display_name="IP-Adapter Load Image Prompt",
             category="ip_adapter",
             description="Loads an image prompt saved by Save Image Prompt; it applies exactly like the prompt "
                         "that was saved, with the same adapter.",

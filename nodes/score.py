@@ -63,7 +63,7 @@ class LoadCLIPScorer(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LoadCLIPScorer",
-            display_name="Load CLIP Scorer",
+            display_name="IP-Adapter Load CLIP Scorer",
             category="ip_adapter/scoring",
             description="Loads a full OpenCLIP model (image and text towers) from models/clip_scoring for CLIP-I / "
                         "CLIP-T scoring. The architecture (ViT-L/14, ViT-H/14, ViT-bigG/14 ...) is read from the "
@@ -101,7 +101,7 @@ class ScoreImagePrompt(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ScoreImagePrompt",
-            display_name="Score Image Prompt (CLIP-I / CLIP-T)",
+            display_name="IP-Adapter Score Image Prompt (CLIP-I / CLIP-T)",
             category="ip_adapter/scoring",
             description="How closely generated images follow the image prompt (CLIP-I: cosine of CLIP image "
                         "embeddings) and the caption (CLIP-T: CLIPScore, 2.5 * max(cos, 0)), as in the IP-Adapter "

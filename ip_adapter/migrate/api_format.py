@@ -9,7 +9,7 @@ from .engine import Plan
 from .graph import Graph, Link, MigrationError, NewRef, Node
 
 DISPLAY = {"LoadIPAdapter": "Load IP-Adapter", "CLIPVisionLoader": "Load CLIP Vision",
-           "EncodeImagePrompt": "Encode Image Prompt", "ApplyIPAdapter": "Apply IP-Adapter", "ImageBatch": "Batch Images"}
+           "EncodeImagePrompt": "IP-Adapter Encode Image Prompt", "ApplyIPAdapter": "Apply IP-Adapter", "ImageBatch": "Batch Images"}
 
 
 def is_api(data: Any) -> bool:

@@ -106,3 +106,20 @@ def test_invalid_item_fails_readably_and_the_rest_still_runs(comfy_server, batch
                and "missing_adapter.safetensors" in p for p in error["problems"]), error
     assert "2/4 done, 2 failed" in result.stdout
     assert "node 6 (LoadIPAdapter) input 'adapter_name'" in result.stdout
+
+
+def test_a_model_missing_for_every_item_stops_before_any_upload(comfy_server, batch_dir) -> None:
+    """Preflight: the whole grid would be refused, so nothing is uploaded or queued; one line per problem."""
+    out = batch_dir / "out_preflight"
+    inputs_before = sorted(p.name for p in comfy_server.folder("input").iterdir())
+    history_before = _history_size(comfy_server)
+    result, manifest, _ = run_batch(
+        comfy_server, batch_dir, "--images", str(batch_dir / "refs"), "--seeds", "1-3", "--out", str(out),
+        "--set", "Load IP-Adapter.adapter_name=not_downloaded.safetensors")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "nothing was uploaded or queued" in result.stderr
+    problem = ("node 6 (LoadIPAdapter) input 'adapter_name': model file 'not_downloaded.safetensors' is not on "
+               "the server; put it in ComfyUI/models/ipadapter/  [every item]")
+    assert result.stderr.count(problem) == 1, result.stderr
+    assert sorted(p.name for p in comfy_server.folder("input").iterdir()) == inputs_before
+    assert _history_size(comfy_server) == history_before and not manifest.get("items")

@@ -135,6 +135,18 @@ class Frontend:
             out.append(f"{kind}: {text} {url}".rstrip())
         return out
 
+    def search_nodes(self, query: str, settle_ms: int = 1500) -> list[str]:
+        """Display names the node search box (double-click on the canvas) lists for ``query``."""
+        self.page.locator("canvas#graph-canvas").dblclick(position={"x": 700, "y": 500})
+        box = self.page.locator(".comfy-vue-node-search-container input").first
+        box.wait_for(timeout=10_000)
+        box.fill(query)
+        self.page.wait_for_timeout(settle_ms)
+        names = self.page.evaluate(
+            "() => [...document.querySelectorAll('.p-autocomplete-option')].map(e => e.innerText.split('\\n')[0].trim())")
+        self.page.keyboard.press("Escape")
+        return names
+
     # The template browser ("Browse Templates"): custom-node templates under EXTENSIONS.
     def open_template_browser(self, timeout_s: float = 60) -> Any:
         self.page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
