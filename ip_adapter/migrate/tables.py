@@ -70,7 +70,7 @@ INCUMBENT: dict[str, NodeTable] = {
 }
 
 #: This pack's nodes (and ComfyUI's) that converted graphs use. Checked against the live
-#: registry by tests/integration/test_migrate.py.
+#: registry by tests/integration/test_migrate_in_comfyui.py.
 OURS: dict[str, NodeTable] = {
     "LoadIPAdapter": NodeTable(("adapter_name",), (), (("ip_adapter", "IP_ADAPTER_CHECKPOINT"),), (315, 58)),
     "CLIPVisionLoader": NodeTable(("clip_name",), (), (("CLIP_VISION", "CLIP_VISION"),), (315, 58)),
