@@ -1,7 +1,7 @@
 """ip_adapter.migrate: ComfyUI_IPAdapter_plus workflows -> this pack's nodes, value by value.
 
 The inputs are hand-written incumbent workflows in tests/data/migrate/{api,ui}/ (each mapped
-node type with non-default values). No ComfyUI here: tests/integration/test_migrate.py
+node type with non-default values). No ComfyUI here: tests/integration/test_migrate_in_comfyui.py
 validates and runs the converted files in a real one.
 """
 
