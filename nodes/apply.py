@@ -14,7 +14,7 @@ from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.masking import check_mask
 from ..ip_adapter.patch import ImageBranch
 from ..ip_adapter.prompt import ImagePrompt
-from . import comfy_bridge
+from . import comfy_bridge, sd3_nodes
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,10 @@ class ApplyIPAdapter(io.ComfyNode):
                 start_percent: float, end_percent: float, weight_type: str = weighting.LINEAR,
                 embeds_scaling: str = EmbedsScaling.V_ONLY.value, attn_mask: Tensor | None = None,
                 layer_weights: str = "") -> io.NodeOutput:
+        if sd3_nodes.is_sd3(ip_adapter):
+            return io.NodeOutput(sd3_nodes.apply(model, ip_adapter, image_prompt, weight, start_percent, end_percent,
+                                                 weight_type, embeds_scaling, attn_mask, layer_weights))
+        sd3_nodes.refuse_sd3_prompt_for_unet(image_prompt, ip_adapter.name)
         _check_inputs(model, ip_adapter, image_prompt, weight, start_percent, end_percent)
         base = ip_adapter.spec.base
         plan = weighting.layer_plan(base, weight_type, weighting.parse_layer_weights(layer_weights, base))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import folder_paths
 from comfy_api.latest import io
 
 from ..ip_adapter.model import IPAdapterModel
+from ..ip_adapter.sd3.format import looks_like_sd3
+from ..ip_adapter.sd3.model import SD3Adapter
+from ..ip_adapter.state_dict import read_file
 from ..utils.model_folders import IPADAPTER_FOLDER
 from .comfy_bridge import adapter_patcher
 from .types import IPAdapterSocket, LoadedAdapter
@@ -34,6 +38,8 @@ class LoadIPAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(IPADAPTER_FOLDER, adapter_name)
-        model = IPAdapterModel.from_file(path)
+        sd = read_file(path)
+        family = SD3Adapter if looks_like_sd3(sd) else IPAdapterModel
+        model = family.from_state_dict(sd, source=os.path.basename(path))
         logger.info("Loaded IP-Adapter %s: %s", adapter_name, model.spec.describe())
         return io.NodeOutput(LoadedAdapter(model=model, patcher=adapter_patcher(model), name=adapter_name))

@@ -13,6 +13,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..ip_adapter.model import IPAdapterModel
+from ..ip_adapter.sd3.model import SD3Adapter
 from ..ip_adapter.spec import AdapterSpec
 
 IPAdapterSocket = io.Custom("IP_ADAPTER_CHECKPOINT")
@@ -23,10 +24,11 @@ ImagePromptSocket = io.Custom("IP_ADAPTER_IMAGE_PROMPT")
 class LoadedAdapter:
     """A loaded checkpoint: the module, what it is, and the ModelPatcher that owns its weights."""
 
-    model: IPAdapterModel
+    model: IPAdapterModel | SD3Adapter
     patcher: Any  # comfy.model_patcher.ModelPatcher
     name: str
 
     @property
     def spec(self) -> AdapterSpec:
+        """The UNet adapter's spec; SD3.5 adapters answer with their `SD3AdapterShape` (same describe())."""
         return self.model.spec

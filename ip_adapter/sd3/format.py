@@ -69,6 +69,15 @@ class SD3AdapterShape:
     def model_heads(self) -> int:
         return self.hidden_size // self.head_dim
 
+    #: For messages and the UI (the family, as `AdapterSpec` has for the UNet ones).
+    family = "SD3.5"
+    variant = "InstantX"
+    encoder = SIGLIP_NAME
+
+    def describe(self) -> str:
+        """One line for logs and the UI, e.g. 'SD3.5 InstantX (64 tokens, SigLIP so400m-patch14-384, 38 blocks)'."""
+        return f"{self.family} {self.variant} ({self.tokens} tokens, {self.encoder}, {self.blocks} joint blocks)"
+
 
 def looks_like_sd3(sd: Mapping[str, Tensor]) -> bool:
     """True when the keys are the InstantX SD3.5 layout (a time-conditioned projection or norm_ip)."""

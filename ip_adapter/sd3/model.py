@@ -57,6 +57,11 @@ class SD3Adapter(nn.Module):
         self.image_proj = TimeResampler(shape)
         self.ip_adapter = nn.ModuleDict({str(i): JointBlockIP(shape) for i in range(shape.blocks)})
 
+    @property
+    def spec(self) -> SD3AdapterShape:
+        """What the adapter is, under the name the UNet adapters use (`describe()` for logs and messages)."""
+        return self.shape
+
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], source: str = "checkpoint") -> SD3Adapter:
         """Detect the dimensions, build on the meta device, load strictly (assign, no copy)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..combine import CombineMode, apply_image_weights, combine_features
 from ..errors import ImagePromptError
 from .format import SIGLIP_FILE, SIGLIP_NAME, SD3AdapterShape
 
@@ -51,3 +52,20 @@ class SD3ImagePrompt:
 
     def __deepcopy__(self, memo: dict) -> SD3ImagePrompt:
         return self  # immutable
+
+
+def sd3_prompt_from_features(shape: SD3AdapterShape, cond: Tensor, uncond: Tensor | None, mode: CombineMode,
+                             weights: tuple[float, ...] | None) -> SD3ImagePrompt:
+    """SigLIP features of the references (and of a negative) -> the SD3.5 image prompt.
+
+    Weights and combine modes act on the features, as for the UNet families.
+    uncond: None for zeros (diffusers' SD3 pipeline: `zeros_like(image_embeds)`), or a
+    negative's features (1, or one per reference image; averaged when the images are combined).
+    """
+    cond = combine_features(apply_image_weights(cond.float(), weights), mode)
+    if uncond is None:
+        uncond = torch.zeros_like(cond)
+    elif uncond.shape[0] != cond.shape[0]:
+        uncond = uncond.float().mean(dim=0, keepdim=True) if cond.shape[0] == 1 else uncond.float()
+        uncond = uncond.expand(cond.shape[0], *uncond.shape[1:])
+    return SD3ImagePrompt(cond=cond.cpu().contiguous(), uncond=uncond.float().cpu().contiguous(), shape=shape)
