@@ -31,6 +31,7 @@ class SD3Case:
     x: torch.Tensor
     text: tuple[torch.Tensor, torch.Tensor]
     pooled: tuple[torch.Tensor, torch.Tensor]
+    adapter_dir: Path
 
     def encode(self, image: torch.Tensor | None = None, **inputs: Any) -> Any:
         (prompt,) = run_node("EncodeImagePrompt", ip_adapter=self.adapter, clip_vision=self.siglip,
@@ -76,4 +77,5 @@ def build(model_dirs: dict[str, Path], tmp_path: Path, name: str = "ip-adapter-s
         x=torch.randn(1, 16, 16, 16, generator=g),
         text=(torch.randn(1, 5, sd3_models.TEXT_DIM, generator=g), torch.randn(1, 7, sd3_models.TEXT_DIM, generator=g)),
         pooled=(torch.randn(1, sd3_models.POOLED_DIM, generator=g), torch.randn(1, sd3_models.POOLED_DIM, generator=g)),
+        adapter_dir=model_dirs["ipadapter"],
     )

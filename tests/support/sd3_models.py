@@ -223,3 +223,18 @@ def tiny_comfy_siglip(folder: Path, hidden: int = 48, seed: int = 0):
     if missing or unexpected:
         raise RuntimeError(f"tiny SigLIP keys: missing {missing}, unexpected {unexpected}")
     return model
+
+
+def tiny_comfy_flux():
+    """A ModelPatcher around a tiny ComfyUI Flux (1 double + 1 single block): a model with no joint blocks."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.Flux({
+        "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "patch_size": 2,
+        "vec_in_dim": 32, "context_in_dim": 32, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1,
+        "depth_single_blocks": 1, "axes_dim": [16, 24, 24], "theta": 10000, "qkv_bias": True, "txt_ids_dims": [],
+    })
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, "", device=torch.device("cpu"))
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
