@@ -31,25 +31,27 @@ UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
     "sd15_image_prompt", "sdxl_image_prompt", "sd15_plus_image_text", "sd15_image_prompt_controlnet",
     "sd15_img2img_image_prompt", "sd15_two_adapters", "sd15_inpaint_image_prompt", "sd15_regional_masks",
-    "sdxl_style_transfer",
+    "sdxl_style_transfer", "sd35_image_prompt",
 }
 #: comfy_extras modules whose nodes the workflows use (not registered by ``nodes.py`` itself).
-EXTRAS = ["nodes_canny.py", "nodes_mask.py"]
+EXTRAS = ["nodes_canny.py", "nodes_mask.py", "nodes_sd3.py"]
 
 #: The names the files are published under (README table; Hugging Face h94/IP-Adapter,
 #: runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0,
 #: lllyasviel/ControlNet-v1-1, laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
 PUBLISHED = {
-    "checkpoints": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"},
+    "checkpoints": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "sd3.5_large.safetensors"},
+    "text_encoders": {"clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"},
     "clip_vision": {
         "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
+        "sigclip_vision_patch14_384.safetensors",
     },
     "ipadapter": {
         "ip-adapter_sd15.safetensors", "ip-adapter_sd15_light.safetensors", "ip-adapter_sd15_vit-G.safetensors",
         "ip-adapter-plus_sd15.safetensors", "ip-adapter-plus-face_sd15.safetensors",
         "ip-adapter-full-face_sd15.safetensors", "ip-adapter_sdxl.safetensors",
         "ip-adapter_sdxl_vit-h.safetensors", "ip-adapter-plus_sdxl_vit-h.safetensors",
-        "ip-adapter-plus-face_sdxl_vit-h.safetensors",
+        "ip-adapter-plus-face_sdxl_vit-h.safetensors", "ip-adapter_sd35_large_instantx.bin",
     },
     "controlnet": {"control_v11p_sd15_canny.safetensors"},
 }
@@ -196,10 +198,12 @@ def test_api_twin_is_the_same_graph(comfy_nodes, path: Path) -> None:
 def test_api_twin_passes_comfyui_validation(comfy_nodes, model_dirs, tmp_path, path: Path) -> None:
     prompt = wf.load(wf.api_twin(path))
     fp = comfy_nodes.folder_paths
-    checkpoints = tmp_path / "checkpoints"
+    checkpoints, text_encoders = tmp_path / "checkpoints", tmp_path / "text_encoders"
     checkpoints.mkdir()
+    text_encoders.mkdir()
     fp.add_model_folder_path("checkpoints", str(checkpoints), is_default=True)
-    folders = {**model_dirs, "checkpoints": checkpoints}
+    fp.add_model_folder_path("text_encoders", str(text_encoders), is_default=True)
+    folders = {**model_dirs, "checkpoints": checkpoints, "text_encoders": text_encoders}
     try:
         for node in prompt.values():
             for name, value in node["inputs"].items():
@@ -213,8 +217,9 @@ def test_api_twin_passes_comfyui_validation(comfy_nodes, model_dirs, tmp_path, p
         save_nodes = {k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
         assert save_nodes and save_nodes <= set(outputs)
     finally:
-        fp.folder_names_and_paths["checkpoints"][0].remove(str(checkpoints))
-        fp.filename_list_cache.pop("checkpoints", None)
+        for name, path in (("checkpoints", checkpoints), ("text_encoders", text_encoders)):
+            fp.folder_names_and_paths[name][0].remove(str(path))
+            fp.filename_list_cache.pop(name, None)
 
 
 def test_comfyui_lists_the_workflows_as_templates(comfy_nodes, tmp_path) -> None:

@@ -35,6 +35,9 @@ MODEL_FILE_WIDGETS = {
     "clip_name": "clip_vision",
     "adapter_name": "ipadapter",
     "control_net_name": "controlnet",
+    "clip_name1": "text_encoders",  # TripleCLIPLoader (SD3.5)
+    "clip_name2": "text_encoders",
+    "clip_name3": "text_encoders",
 }
 
 
