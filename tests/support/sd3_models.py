@@ -44,14 +44,14 @@ def _init_(model: torch.nn.Module, seed: int) -> None:
             param.copy_(value)
 
 
-def diffusers_sd3(depth: int = 2, seed: int = 0):
-    """diffusers' SD3Transformer2DModel, fp32, RMS QK-norm, every weight random."""
+def diffusers_sd3(depth: int = 2, seed: int = 0, pos_max: int = POS_MAX):
+    """diffusers' SD3Transformer2DModel, fp32, RMS QK-norm, every weight random; latents up to 2 x pos_max."""
     from diffusers import SD3Transformer2DModel
 
     model = SD3Transformer2DModel(
         sample_size=32, patch_size=2, in_channels=16, num_layers=depth, attention_head_dim=64,
         num_attention_heads=depth, joint_attention_dim=TEXT_DIM, caption_projection_dim=64 * depth,
-        pooled_projection_dim=POOLED_DIM, out_channels=16, pos_embed_max_size=POS_MAX, qk_norm="rms_norm",
+        pooled_projection_dim=POOLED_DIM, out_channels=16, pos_embed_max_size=pos_max, qk_norm="rms_norm",
     )
     _init_(model, seed)
     # pos_embed is a fixed sin-cos buffer in both implementations; keep diffusers' values.
