@@ -184,8 +184,9 @@ def nested(sd: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
 def load_into_diffusers(model, sd: dict[str, torch.Tensor], scale: float) -> None:
     """diffusers' own SD3 IP-Adapter loader on the same tensors, every processor at `scale`."""
     model._load_ip_adapter_weights(nested(sd), low_cpu_mem_usage=False)
-    for processor in model.attn_processors.values():
-        processor.scale = scale
+    for name, processor in model.attn_processors.items():
+        if name.startswith("transformer_blocks."):  # not the resampler's own attention
+            processor.scale = scale
 
 
 # --------------------------------------------------------------------------------------------
