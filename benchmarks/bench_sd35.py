@@ -90,6 +90,7 @@ def main() -> None:
 
     name = pack.module.__name__
     bridge = sys.modules[f"{name}.nodes.sd3_bridge"]
+    comfy_bridge = sys.modules[f"{name}.nodes.comfy_bridge"]
     patch_module = sys.modules[f"{name}.ip_adapter.sd3.patch"]
     prompt_module = sys.modules[f"{name}.ip_adapter.sd3.prompt"]
     sys.modules.setdefault("ipadapter_pack", pack.module)
@@ -101,7 +102,7 @@ def main() -> None:
     prompt = prompt_module.SD3ImagePrompt(cond=features, uncond=torch.zeros_like(features), shape=shape)
     ratios, normed = bridge.block_ratios(bridge.check_model_fits(model, shape, "bench", "bench"), adapter, "bench")
     branch = patch_module.SD3Branch(adapter=adapter, prompt=prompt, weight=0.5, ratios=ratios, host_normed=normed)
-    patched = bridge.patched_clone(model, branch)
+    patched = comfy_bridge.patched_clone(model, branch)
     mm.load_models_gpu([model, patched])
 
     x = torch.randn(2, 16, args.latent, args.latent, generator=g).to(args.device, dtype)

@@ -19,6 +19,8 @@ from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 logger = logging.getLogger(__name__)
 
+NODE = "ApplyIPAdapter"
+
 
 class ApplyIPAdapter(io.ComfyNode):
     @classmethod
@@ -81,19 +83,20 @@ class ApplyIPAdapter(io.ComfyNode):
         sd3_nodes.refuse_sd3_prompt_for_unet(image_prompt, ip_adapter.name)
         _check_inputs(model, ip_adapter, image_prompt, weight, start_percent, end_percent)
         base = ip_adapter.spec.base
-        plan = weighting.layer_plan(base, weight_type, weighting.parse_layer_weights(layer_weights, base))
-        mask = check_mask(attn_mask) if attn_mask is not None else None
+        explicit = weighting.parse_layer_weights(layer_weights, base, f"{NODE} layer_weights")
+        plan = weighting.layer_plan(base, weight_type, explicit, f"{NODE} weight_type")
+        mask = check_mask(attn_mask, f"{NODE} attn_mask") if attn_mask is not None else None
         if weight == 0.0 or not plan.active():
             if weight != 0.0:
                 logger.info("ApplyIPAdapter: every layer multiplier is 0; the model is returned unchanged.")
             return io.NodeOutput(model.clone())
         branch = ImageBranch(
             adapter=ip_adapter.model, prompt=image_prompt, weight=float(weight),
-            window=comfy_bridge.sigma_window(model, start_percent, end_percent),
-            layer_weights=dict(plan.multipliers), models=(ip_adapter.patcher,),
-            embeds_scaling=_scaling(embeds_scaling), inverted=plan.inverted, mask=mask,
+            window=comfy_bridge.sigma_window(model, start_percent, end_percent, NODE),
+            plan=plan, models=(ip_adapter.patcher,), embeds_scaling=_scaling(embeds_scaling), mask=mask,
+            where=f"{NODE} attn_mask",
         )
-        return io.NodeOutput(comfy_bridge.patched_clone(model, branch, ip_adapter.spec))
+        return io.NodeOutput(comfy_bridge.patched_clone(model, branch))
 
 
 def _check_inputs(model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float,
@@ -111,7 +114,7 @@ def _check_inputs(model: object, ip_adapter: LoadedAdapter, image_prompt: ImageP
             f"ApplyIPAdapter: the image prompt was encoded for a {image_prompt.spec.describe()} adapter, "
             f"but '{ip_adapter.name}' is {ip_adapter.spec.describe()}. Encode with the same adapter."
         )
-    comfy_bridge.check_model_fits(model, ip_adapter.spec, ip_adapter.name)
+    comfy_bridge.check_model_fits(model, ip_adapter.spec, ip_adapter.name, NODE)
 
 
 def _scaling(name: str) -> EmbedsScaling:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import folder_paths
 from comfy_api.latest import io
 
-from ..ip_adapter.model import IPAdapterModel
-from ..ip_adapter.sd3.format import looks_like_sd3
-from ..ip_adapter.sd3.model import SD3Adapter
-from ..ip_adapter.state_dict import read_file
+from ..ip_adapter.loading import load_adapter
 from ..utils.model_folders import IPADAPTER_FOLDER
 from .comfy_bridge import adapter_patcher
 from .types import IPAdapterSocket, LoadedAdapter
@@ -38,8 +34,6 @@ class LoadIPAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(IPADAPTER_FOLDER, adapter_name)
-        sd = read_file(path)
-        family = SD3Adapter if looks_like_sd3(sd) else IPAdapterModel
-        model = family.from_state_dict(sd, source=os.path.basename(path))
+        model = load_adapter(path)
         logger.info("Loaded IP-Adapter %s: %s", adapter_name, model.spec.describe())
         return io.NodeOutput(LoadedAdapter(model=model, patcher=adapter_patcher(model), name=adapter_name))

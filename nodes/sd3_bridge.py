@@ -1,8 +1,8 @@
 """ComfyUI glue for the SD3.5 family: reading the MMDiT, registering the joint-block patches.
 
 Every ComfyUI-facing call for SD3.5 lives here (the math is in `ip_adapter.sd3`):
-the host's joint blocks and their QK-norm gains, the sigma -> timestep factor,
-and `patches_replace["dit"]` registration on a clone through `ModelPatcher.set_model_patch_replace`.
+the host's joint blocks and their QK-norm gains, and the sigma -> timestep factor.
+Registration on a clone is the shared `comfy_bridge.patched_clone` (the family seam).
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ from torch import Tensor
 from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.sd3.attention import head_ratio
 from ..ip_adapter.sd3.format import SD3AdapterShape
-from ..ip_adapter.sd3.patch import SD3Branch, block_patches
-
-PATCH_KIND = "dit"
-BLOCK_NAME = "double_block"
 
 
 def joint_blocks(model: Any) -> list:
@@ -83,13 +79,3 @@ def timestep_multiplier(model: Any) -> float:
     """ComfyUI's sigma -> timestep factor for flow models (SD3: 1000)."""
     sampling = model.get_model_object("model_sampling")
     return float(getattr(sampling, "multiplier", 1000.0))
-
-
-def patched_clone(model: Any, branch: SD3Branch) -> Any:
-    """Clone `model` and register one joint-block replace per active block, wrapping what each block held."""
-    clone = model.clone()
-    current = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get(PATCH_KIND, {})
-    blocks = len(branch.ratios)
-    for index, patch in block_patches(branch, blocks, lambda i: current.get((BLOCK_NAME, i))):
-        clone.set_model_patch_replace(patch, PATCH_KIND, BLOCK_NAME, index)
-    return clone

@@ -109,17 +109,18 @@ def apply(model: Any, adapter: Any, prompt: Any, weight: float, start: float, en
         raise ImagePromptError(f"{APPLY}: weight is {weight}; give a number between -1 and 3.")
     if start > end:
         raise ImagePromptError(f"{APPLY}: start_percent ({start}) is after end_percent ({end}); set start <= end.")
-    blocks = sd3_bridge.check_model_fits(model, shape, adapter.name, APPLY)
+    blocks = sd3_bridge.check_model_fits(model, shape, adapter.name, APPLY)  # names the model's kind
+    comfy_bridge.check_model_fits(model, adapter.spec, adapter.name, APPLY)  # the family seam's point check
     multipliers = block_weights(layer_weights, shape.blocks)
     mask = check_mask(attn_mask) if attn_mask is not None else None
-    window = comfy_bridge.sigma_window(model, start, end)
+    window = comfy_bridge.sigma_window(model, start, end, APPLY)
     if weight == 0.0 or all(multipliers.get(i, 1.0) == 0.0 for i in range(shape.blocks)):
         return model.clone()
     ratios, normed = sd3_bridge.block_ratios(blocks, adapter.model, APPLY)
     branch = SD3Branch(adapter=adapter.model, prompt=prompt, weight=float(weight), ratios=ratios, host_normed=normed,
                        multiplier=sd3_bridge.timestep_multiplier(model), window=window, block_weights=multipliers,
                        models=(adapter.patcher,), mask=mask)
-    return sd3_bridge.patched_clone(model, branch)
+    return comfy_bridge.patched_clone(model, branch)
 
 
 def refuse_sd3_prompt_for_unet(prompt: Any, adapter_name: str) -> None:

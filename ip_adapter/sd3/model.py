@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AdapterFormatError
+from ..spec import AdapterSpec, BaseModel, EncoderFeature, ProjectionKind
 from ..state_dict import read_file
 from .format import SD3AdapterShape, detect_sd3
 from .resampler import AdaNormIP, TimeResampler
@@ -58,9 +59,14 @@ class SD3Adapter(nn.Module):
         self.ip_adapter = nn.ModuleDict({str(i): JointBlockIP(shape) for i in range(shape.blocks)})
 
     @property
-    def spec(self) -> SD3AdapterShape:
-        """What the adapter is, under the name the UNet adapters use (`describe()` for logs and messages)."""
-        return self.shape
+    def spec(self) -> AdapterSpec:
+        """The family-neutral description the nodes and the family seam read (base SD3.5, MMDiT family)."""
+        shape = self.shape
+        return AdapterSpec(base=BaseModel.SD35, projection=ProjectionKind.TIME_RESAMPLER,
+                           feature=EncoderFeature.PENULTIMATE, clip_dim=shape.clip_dim,
+                           cross_attention_dim=shape.token_dim, tokens=shape.tokens,
+                           layer_indices=tuple(range(shape.blocks)), layer_widths=(shape.hidden_size,) * shape.blocks,
+                           variant="InstantX")
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], source: str = "checkpoint") -> SD3Adapter:

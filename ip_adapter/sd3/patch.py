@@ -88,6 +88,9 @@ class SD3Branch:
     def block_weight(self, index: int) -> float:
         return self.weight * self.block_weights.get(index, 1.0)
 
+    #: The name the family seam (`families.seam.make_patches`) asks for.
+    layer_weight = block_weight
+
     def gate(self, sigmas: Tensor, chunks: int, device: torch.device, dtype: torch.dtype) -> StepGate:
         """The start/end window for this step; read on the CPU only (no GPU sync), else a per-row factor."""
         if self.window is None:
@@ -215,8 +218,3 @@ class JointBlockPatch:
     def models(self) -> list:
         inner = self.previous.models() if self.previous is not None and hasattr(self.previous, "models") else []
         return list(self.branch.models) + list(inner)
-
-
-def block_patches(branch: SD3Branch, blocks: int, existing: Any) -> list[tuple[int, JointBlockPatch]]:
-    """One JointBlockPatch per joint block whose weight is not 0, each wrapping `existing(i)`."""
-    return [(i, JointBlockPatch(branch, i, existing(i))) for i in range(blocks) if branch.block_weight(i) != 0.0]
