@@ -30,7 +30,11 @@ class MMDiTInjection:
         return JointBlockPatch(branch, layer, previous)
 
     def describe_model(self, found: Mapping[HookPoint, int]) -> str | None:
-        return None  # MMDiT and Flux blocks share ComfyUI's "double_block" keys; the SD3.5 glue names the model
+        """MMDiT and Flux blocks share ComfyUI's "double_block" keys; ComfyUI's MMDiT is 64 x depth wide, Flux is not."""
+        widths = [width for point, width in found.items() if point.hook == "dit" and point.key[0] == BLOCK]
+        if not widths or any(width != 64 * len(widths) for width in widths):
+            return None
+        return "SD3.5-Large" if len(widths) == 38 else f"an MMDiT (SD3/SD3.5) with {len(widths)} joint blocks"
 
     def wrappers(self, branch: Any) -> tuple[tuple[str, Callable[..., Any]], ...]:
         return ()
