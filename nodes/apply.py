@@ -80,7 +80,6 @@ class ApplyIPAdapter(io.ComfyNode):
         if sd3_nodes.is_sd3(ip_adapter):
             return io.NodeOutput(sd3_nodes.apply(model, ip_adapter, image_prompt, weight, start_percent, end_percent,
                                                  weight_type, embeds_scaling, attn_mask, layer_weights))
-        sd3_nodes.refuse_sd3_prompt_for_unet(image_prompt, ip_adapter.name)
         _check_inputs(model, ip_adapter, image_prompt, weight, start_percent, end_percent)
         base = ip_adapter.spec.base
         explicit = weighting.parse_layer_weights(layer_weights, base, f"{NODE} layer_weights")

@@ -94,7 +94,7 @@ def apply(model: Any, adapter: Any, prompt: Any, weight: float, start: float, en
     """ApplyIPAdapter for SD3.5: a clone with one joint-block patch per active block."""
     shape = adapter.model.shape
     if not isinstance(prompt, SD3ImagePrompt) or prompt.shape != shape:
-        what = prompt.shape.describe() if isinstance(prompt, SD3ImagePrompt) else prompt.spec.describe()
+        what = prompt.spec.describe()
         raise ImagePromptError(f"{APPLY}: the image prompt was encoded for a {what} adapter, but '{adapter.name}' is "
                                f"{shape.describe()}. Encode with the same adapter.")
     if weight_type != LINEAR:
@@ -121,10 +121,3 @@ def apply(model: Any, adapter: Any, prompt: Any, weight: float, start: float, en
                        multiplier=sd3_bridge.timestep_multiplier(model), window=window, block_weights=multipliers,
                        models=(adapter.patcher,), mask=mask)
     return comfy_bridge.patched_clone(model, branch)
-
-
-def refuse_sd3_prompt_for_unet(prompt: Any, adapter_name: str) -> None:
-    """An SD3.5 prompt reaching a UNet adapter: say so instead of failing on a missing attribute."""
-    if isinstance(prompt, SD3ImagePrompt):
-        raise ImagePromptError(f"{APPLY}: the image prompt was encoded for an SD3.5 adapter, but '{adapter_name}' is "
-                               "a UNet adapter. Encode with the same adapter.")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..errors import AdapterFormatError
+from ..spec import AdapterSpec, BaseModel, EncoderFeature, ProjectionKind
 
 #: Head width of the resampler's attention (diffusers' loader fixes it at 64 too).
 RESAMPLER_HEAD_DIM = 64
@@ -77,6 +78,14 @@ class SD3AdapterShape:
     def describe(self) -> str:
         """One line for logs and the UI, e.g. 'SD3.5 InstantX (64 tokens, SigLIP so400m-patch14-384, 38 blocks)'."""
         return f"{self.family} {self.variant} ({self.tokens} tokens, {self.encoder}, {self.blocks} joint blocks)"
+
+
+def spec_of(shape: SD3AdapterShape) -> AdapterSpec:
+    """The family-neutral `AdapterSpec` of an SD3.5 adapter (base SD3.5, so the MMDiT family)."""
+    return AdapterSpec(base=BaseModel.SD35, projection=ProjectionKind.TIME_RESAMPLER,
+                       feature=EncoderFeature.PENULTIMATE, clip_dim=shape.clip_dim, cross_attention_dim=shape.token_dim,
+                       tokens=shape.tokens, layer_indices=tuple(range(shape.blocks)),
+                       layer_widths=(shape.hidden_size,) * shape.blocks, variant="InstantX")
 
 
 def looks_like_sd3(sd: Mapping[str, Tensor]) -> bool:

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AdapterFormatError
-from ..spec import AdapterSpec, BaseModel, EncoderFeature, ProjectionKind
+from ..spec import AdapterSpec
 from ..state_dict import read_file
-from .format import SD3AdapterShape, detect_sd3
+from .format import SD3AdapterShape, detect_sd3, spec_of
 from .resampler import AdaNormIP, TimeResampler
 
 
@@ -61,12 +61,7 @@ class SD3Adapter(nn.Module):
     @property
     def spec(self) -> AdapterSpec:
         """The family-neutral description the nodes and the family seam read (base SD3.5, MMDiT family)."""
-        shape = self.shape
-        return AdapterSpec(base=BaseModel.SD35, projection=ProjectionKind.TIME_RESAMPLER,
-                           feature=EncoderFeature.PENULTIMATE, clip_dim=shape.clip_dim,
-                           cross_attention_dim=shape.token_dim, tokens=shape.tokens,
-                           layer_indices=tuple(range(shape.blocks)), layer_widths=(shape.hidden_size,) * shape.blocks,
-                           variant="InstantX")
+        return spec_of(self.shape)
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], source: str = "checkpoint") -> SD3Adapter:

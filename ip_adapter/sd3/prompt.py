@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..combine import CombineMode, apply_image_weights, combine_features
 from ..errors import ImagePromptError
-from .format import SIGLIP_FILE, SIGLIP_NAME, SD3AdapterShape
+from ..spec import AdapterSpec
+from .format import SIGLIP_FILE, SIGLIP_NAME, SD3AdapterShape, spec_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +46,11 @@ class SD3ImagePrompt:
             if not torch.isfinite(tensor).all():
                 raise ImagePromptError(f"The SD3.5 image prompt's {name} features contain NaN or infinity; "
                                        "encode the reference image again.")
+
+    @property
+    def spec(self) -> AdapterSpec:
+        """The adapter these features are for, comparable with any adapter's `spec` (as for UNet prompts)."""
+        return spec_of(self.shape)
 
     @property
     def images(self) -> int:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from ipadapter_pack.ip_adapter.combine import CombineMode
 from ipadapter_pack.ip_adapter.errors import AdapterFormatError, ImagePromptError
-from ipadapter_pack.ip_adapter.sd3.format import detect_sd3, looks_like_sd3
+from ipadapter_pack.ip_adapter.sd3.format import detect_sd3, looks_like_sd3, spec_of
 from ipadapter_pack.ip_adapter.sd3.model import SD3Adapter
 from ipadapter_pack.ip_adapter.sd3.prompt import sd3_prompt_from_features
 from ipadapter_pack.ip_adapter.sd3.prompt_file import is_sd3_prompt_file, load_sd3_prompt, save_sd3_prompt
@@ -32,6 +32,7 @@ def test_published_shapes_are_read_from_the_tensors() -> None:
     assert (found.token_dim, found.hidden_size, found.head_dim, found.blocks) == (2432, 2432, 64, 38)
     assert (found.timestep_dim, found.ff_inner, found.model_heads) == (320, 5120, 38)
     assert found.describe() == "SD3.5 InstantX (64 tokens, SigLIP so400m-patch14-384, 38 joint blocks)"
+    assert spec_of(found).encoder == "SigLIP so400m-patch14-384" and spec_of(found).layer_count == 38
 
 
 def test_resampler_matches_diffusers() -> None:
@@ -105,3 +106,21 @@ def test_prompt_features_combine_and_round_trip(tmp_path) -> None:
     assert loaded.shape == shape and torch.equal(loaded.cond, prompt.cond)
     with pytest.raises(ImagePromptError, match="SigLIP"):
         sd3_prompt_from_features(shape, torch.randn(1, 257, 1280), None, CombineMode.CONCAT, None)
+
+
+def test_loading_and_family_seam_pick_sd35() -> None:
+    from ipadapter_pack.ip_adapter import families
+    from ipadapter_pack.ip_adapter.families.seam import HookPoint
+    from ipadapter_pack.ip_adapter.loading import adapter_from_state_dict
+    from ipadapter_pack.ip_adapter.spec import BaseModel, ModelFamily
+
+    adapter = adapter_from_state_dict(_tiny(), "ip-adapter.bin")  # the UNet format claims these prefixes too
+    assert isinstance(adapter, SD3Adapter)
+    spec = adapter.spec
+    assert (spec.base, spec.family) == (BaseModel.SD35, ModelFamily.MMDIT)
+    injection = families.injection_for(spec)
+    assert injection.points(spec) == {i: HookPoint("dit", ("double_block", i), (("double_block", i),)) for i in (0, 1)}
+    large = {HookPoint("dit", ("double_block", i), (("double_block", i),)): 2432 for i in range(38)}
+    flux = {HookPoint("dit", ("double_block", i), (("double_block", i),)): 3072 for i in range(19)}
+    assert families.describe_model(large) == "SD3.5-Large"
+    assert injection.describe_model(flux) is None
