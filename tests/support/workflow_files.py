@@ -35,9 +35,11 @@ MODEL_FILE_WIDGETS = {
     "clip_name": "clip_vision",
     "adapter_name": "ipadapter",
     "control_net_name": "controlnet",
-    "clip_name1": "text_encoders",  # TripleCLIPLoader (SD3.5)
+    "unet_name": "diffusion_models",
+    "clip_name1": "text_encoders",
     "clip_name2": "text_encoders",
-    "clip_name3": "text_encoders",
+    "vae_name": "vae",
+    "clip_name3": "text_encoders",  # TripleCLIPLoader (SD3.5)
 }
 
 
