@@ -41,6 +41,7 @@ class StepCache:
     def __init__(self) -> None:
         self._sigmas: Tensor | None = None
         self._entries: dict[Any, Any] = {}
+        self.features: dict[Any, tuple[Tensor, Tensor]] = {}  # the prompt's features per (device, dtype), kept across steps
         self.resampler_runs = 0  # read by tests: one run per step and layout
 
     def get(self, sigmas: Tensor, key: Any, make: Any) -> Any:
@@ -51,7 +52,7 @@ class StepCache:
         return self._entries[key]
 
     def clear(self) -> None:
-        self._sigmas, self._entries = None, {}
+        self._sigmas, self._entries, self.features = None, {}, {}
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,7 +112,12 @@ class SD3Branch:
         def make() -> tuple[Tensor, Tensor]:
             self.cache.resampler_runs += 1
             images = self.prompt.images
-            features = feature_rows(chunks, batch, self.prompt.cond, self.prompt.uncond)
+            weights = next(self.adapter.parameters())
+            key = (weights.device, weights.dtype)
+            if key not in self.cache.features:  # copied to the adapter's device once, not every step
+                self.cache.features[key] = (self.prompt.cond.to(device=weights.device, dtype=weights.dtype),
+                                            self.prompt.uncond.to(device=weights.device, dtype=weights.dtype))
+            features = feature_rows(chunks, batch, *self.cache.features[key])
             timesteps = step_timesteps(sigmas, len(chunks), images, self.multiplier)
             tokens, time_emb = self.adapter.tokens(features, timesteps)
             rows = len(chunks) * batch
