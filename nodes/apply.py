@@ -33,7 +33,7 @@ class ApplyIPAdapter(io.ComfyNode):
                         "type picks; inside attn_mask if given) of a clone of "
                         "the model. The input model is not changed; chains of this node stack.",
             inputs=[
-                io.Model.Input("model", tooltip="The UNet to patch (SD1.5 or SDXL, matching the adapter)."),
+                io.Model.Input("model", tooltip="The model to patch (SD1.5, SDXL, Flux or SD3.5, matching the adapter)."),
                 IPAdapterSocket.Input("ip_adapter", tooltip="From Load IP-Adapter."),
                 ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt, with the same adapter."),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=3.0, step=0.01,
@@ -47,7 +47,8 @@ class ApplyIPAdapter(io.ComfyNode):
                 # New inputs are optional and appended, so saved workflows stay valid.
                 io.Combo.Input("weight_type", options=list(weighting.WEIGHT_TYPES), default=weighting.LINEAR,
                                optional=True,
-                               tooltip="How the weight is spread over the UNet's layers (README: 'Weight types'). "
+                               tooltip="How the weight is spread over the UNet's layers (README: 'Weight types'; "
+                                       "Flux: linear only). "
                                        "linear: all alike; ease in/out...: a curve over the layers; weak/strong: "
                                        "x0.2 on some blocks; style transfer / composition: only the blocks that "
                                        "carry style / layout (InstantStyle); precise: the other blocks push away "
@@ -65,7 +66,8 @@ class ApplyIPAdapter(io.ComfyNode):
                 io.String.Input("layer_weights", default="", multiline=True, optional=True,
                                 tooltip="Optional, for experts: one multiplier per cross-attention layer, in "
                                         "checkpoint order (ip_adapter.1, .3, ...): 16 numbers for SD1.5, 70 for "
-                                        "SDXL, separated by commas, spaces or new lines, e.g. '1, 1, 0.5, 0, ...'. "
+                                        "SDXL, 19 for Flux (one per double block), separated by commas, spaces or "
+                                        "new lines, e.g. '1, 1, 0.5, 0, ...'. "
                                         "0 skips a layer. Replaces weight_type's table (precise types keep their "
                                         "inverted layers). Empty: use weight_type."),
             ],
@@ -84,6 +86,7 @@ class ApplyIPAdapter(io.ComfyNode):
         base = ip_adapter.spec.base
         explicit = weighting.parse_layer_weights(layer_weights, base, f"{NODE} layer_weights")
         plan = weighting.layer_plan(base, weight_type, explicit, f"{NODE} weight_type")
+        weighting.check_embeds_scaling(base, embeds_scaling, f"{NODE} embeds_scaling")
         mask = check_mask(attn_mask, f"{NODE} attn_mask") if attn_mask is not None else None
         if weight == 0.0 or not plan.active():
             if weight != 0.0:
