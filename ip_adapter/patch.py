@@ -188,7 +188,7 @@ class ImageBranch:
         """The mask on this layer's token grid, [chunks * batch, tokens, 1], cached per layout."""
         return self.mask_grid(extra_options["original_shape"], tokens, chunks, batch, device, dtype)
 
-    def mask_grid(self, latent_shape: Sequence[int], tokens: int, chunks: int, batch: int, device: torch.device,
+    def mask_grid(self, latent_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int, device: torch.device,
                   dtype: torch.dtype) -> Tensor:
         """The mask resized to the token grid of a latent of `latent_shape`, [chunks * batch, tokens, 1]."""
         assert self.cache.masks is not None, "mask_grid needs a branch with a mask"
