@@ -19,6 +19,8 @@ from .errors import AdapterFormatError
 from .families import flux_format
 from .model import IPAdapterModel
 from .patch import AdapterModule
+from .sd3.format import looks_like_sd3
+from .sd3.model import SD3Adapter
 from .state_dict import read_file
 
 
@@ -35,6 +37,9 @@ def _claims_unet(sd: Mapping[str, Tensor]) -> bool:
 
 
 FORMATS: tuple[AdapterFormat, ...] = (
+    # First: the SD3.5 layout shares the UNet prefixes and is told apart by its time embedding / norm_ip.
+    AdapterFormat("InstantX SD3.5 IP-Adapter (image_proj.time_embedding.*, ip_adapter.N.norm_ip.*)", looks_like_sd3,
+                  SD3Adapter.from_state_dict),
     AdapterFormat("XLabs Flux IP-Adapter v1/v2 (ip_adapter_proj_model.*, double_blocks.N.processor.*)",
                   flux_format.claims, flux_format.XLabsFluxAdapter.from_state_dict),
     AdapterFormat("IP-Adapter for SD1.5/SDXL (image_proj.*, ip_adapter.*)", _claims_unet,

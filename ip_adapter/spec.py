@@ -24,6 +24,7 @@ class ModelFamily(str, Enum):
 
     UNET = "UNet"  # attn2 replace per cross-attention layer (SD1.5, SDXL)
     FLUX = "Flux"  # patches_replace["dit"] per double-stream block
+    MMDIT = "MMDiT"  # patches_replace["dit"] per joint block (SD3.5; `families.mmdit`)
 
 
 class BaseModel(str, Enum):
@@ -32,6 +33,7 @@ class BaseModel(str, Enum):
     SD15 = "SD1.5"
     SDXL = "SDXL"
     FLUX = "Flux"
+    SD35 = "SD3.5"
 
 
 #: The family each base model belongs to (a new base model adds one row here).
@@ -39,6 +41,7 @@ FAMILY_OF_BASE: dict[BaseModel, ModelFamily] = {
     BaseModel.SD15: ModelFamily.UNET,
     BaseModel.SDXL: ModelFamily.UNET,
     BaseModel.FLUX: ModelFamily.FLUX,
+    BaseModel.SD35: ModelFamily.MMDIT,
 }
 
 
@@ -48,6 +51,7 @@ class ProjectionKind(str, Enum):
     LINEAR = "linear"  # ImageProjModel: Linear + reshape + LayerNorm
     MLP = "mlp"  # MLPProjModel: Linear, GELU, Linear, LayerNorm (full-face)
     RESAMPLER = "resampler"  # Perceiver Resampler (plus, plus-face)
+    TIME_RESAMPLER = "time-conditioned resampler"  # SD3.5 InstantX: runs once per sampling step
 
 
 class EncoderFeature(str, Enum):
@@ -66,6 +70,7 @@ _ENCODERS: dict[tuple[EncoderFeature, int], str] = {
     (EncoderFeature.IMAGE_EMBEDS, 1280): "ViT-bigG/14",
     (EncoderFeature.PENULTIMATE, 1280): "ViT-H/14",
     (EncoderFeature.PENULTIMATE, 1664): "ViT-bigG/14",
+    (EncoderFeature.PENULTIMATE, 1152): "SigLIP so400m-patch14-384",
 }
 
 #: The file users download for each encoder (what README and errors point to).
@@ -73,6 +78,7 @@ ENCODER_FILES: dict[str, str] = {
     "ViT-L/14": "OpenAI's clip-vit-large-patch14 (its model.safetensors, e.g. saved as clip-vit-large-patch14.safetensors)",
     "ViT-H/14": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
     "ViT-bigG/14": "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
+    "SigLIP so400m-patch14-384": "sigclip_vision_patch14_384.safetensors",
 }
 
 
@@ -127,7 +133,7 @@ class AdapterSpec:
         """The reference pipeline's unconditional image tokens for this adapter (see README)."""
         if self.family is ModelFamily.FLUX:
             return UncondSource.BLACK_IMAGE
-        if self.feature is EncoderFeature.IMAGE_EMBEDS:
+        if self.feature is EncoderFeature.IMAGE_EMBEDS or self.family is ModelFamily.MMDIT:  # SD3 pipeline: zeros
             return UncondSource.ZERO_FEATURES
         return UncondSource.ZERO_PIXELS
 

@@ -14,7 +14,7 @@ from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.masking import check_mask
 from ..ip_adapter.patch import ImageBranch
 from ..ip_adapter.prompt import ImagePrompt
-from . import comfy_bridge
+from . import comfy_bridge, sd3_nodes
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class ApplyIPAdapter(io.ComfyNode):
                         "type picks; inside attn_mask if given) of a clone of "
                         "the model. The input model is not changed; chains of this node stack.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to patch (SD1.5, SDXL or Flux, matching the adapter)."),
+                io.Model.Input("model", tooltip="The model to patch (SD1.5, SDXL, Flux or SD3.5, matching the adapter)."),
                 IPAdapterSocket.Input("ip_adapter", tooltip="From Load IP-Adapter."),
                 ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt, with the same adapter."),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=3.0, step=0.01,
@@ -79,6 +79,9 @@ class ApplyIPAdapter(io.ComfyNode):
                 start_percent: float, end_percent: float, weight_type: str = weighting.LINEAR,
                 embeds_scaling: str = EmbedsScaling.V_ONLY.value, attn_mask: Tensor | None = None,
                 layer_weights: str = "") -> io.NodeOutput:
+        if sd3_nodes.is_sd3(ip_adapter):
+            return io.NodeOutput(sd3_nodes.apply(model, ip_adapter, image_prompt, weight, start_percent, end_percent,
+                                                 weight_type, embeds_scaling, attn_mask, layer_weights))
         _check_inputs(model, ip_adapter, image_prompt, weight, start_percent, end_percent)
         base = ip_adapter.spec.base
         explicit = weighting.parse_layer_weights(layer_weights, base, f"{NODE} layer_weights")

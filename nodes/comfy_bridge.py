@@ -103,7 +103,7 @@ def model_points(model: comfy.model_patcher.ModelPatcher) -> dict[HookPoint, int
     """Every point the diffusion model offers a patch (any family), with its attention width.
 
     UNet: each `attn2` of a transformer block, keyed as `set_model_attn2_replace`
-    keys it. DiT: each `double_blocks[i]`, keyed as `patches_replace["dit"]`.
+    keys it. DiT: each `double_blocks[i]` (Flux) or `joint_blocks[i]` (MMDiT), keyed as `patches_replace["dit"]`.
     """
     net = model.get_model_object("diffusion_model")
     found: dict[HookPoint, int] = {}
@@ -123,6 +123,9 @@ def model_points(model: comfy.model_patcher.ModelPatcher) -> dict[HookPoint, int
             continue  # image tokens first in the joint attention: not the layout the Flux patch reads
         key = ("double_block", index)
         found[HookPoint("dit", key, (key,))] = int(block.hidden_size)
+    for index, block in enumerate(getattr(net, "joint_blocks", None) or []):  # MMDiT (SD3/SD3.5)
+        key = ("double_block", index)
+        found[HookPoint("dit", key, (key,))] = int(block.x_block.attn.qkv.weight.shape[1])
     return found
 
 

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..ip_adapter.combine import CombineMode, parse_image_weights
 from ..utils.images import FIT_MODES, check_image_batch, pad_to_square, to_rgb
-from . import comfy_bridge
+from . import comfy_bridge, sd3_nodes
 from .prompt_assembly import check_feature_width, combine_inputs, project_prompt, unconditional_features
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
@@ -57,6 +57,10 @@ class EncodeImagePrompt(io.ComfyNode):
     def execute(cls, ip_adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: str,
                 negative_image: Tensor | None = None, combine_embeds: str = CombineMode.CONCAT.value,
                 image_weights: str = "") -> io.NodeOutput:
+        if sd3_nodes.is_sd3(ip_adapter):
+            negative = None if negative_image is None else _prepared(negative_image, fit, "negative_image")
+            return io.NodeOutput(sd3_nodes.encode(ip_adapter, clip_vision, _prepared(image, fit, "image"), negative,
+                                                  fit, combine_embeds, image_weights, "EncodeImagePrompt"))
         cond = _features(ip_adapter, clip_vision, _prepared(image, fit, "image"), fit)
         weights = parse_image_weights(image_weights, cond.shape[0], "EncodeImagePrompt 'image_weights'")
         negative = (None if negative_image is None

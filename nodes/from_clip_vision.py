@@ -13,7 +13,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ip_adapter.combine import CombineMode, parse_image_weights
-from . import comfy_bridge
+from . import comfy_bridge, sd3_nodes
 from .prompt_assembly import check_feature_width, combine_inputs, project_prompt, unconditional_features
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
@@ -53,6 +53,9 @@ class ImagePromptFromCLIPVision(io.ComfyNode):
     def execute(cls, ip_adapter: LoadedAdapter, clip_vision_output: object, clip_vision: object | None = None,
                 negative: object | None = None, combine_embeds: str = CombineMode.CONCAT.value,
                 image_weights: str = "") -> io.NodeOutput:
+        if sd3_nodes.is_sd3(ip_adapter):
+            return io.NodeOutput(sd3_nodes.from_clip_vision_output(ip_adapter, clip_vision_output, negative,
+                                                                   combine_embeds, image_weights, NODE))
         feature = ip_adapter.spec.feature
         cond = comfy_bridge.output_feature(clip_vision_output, feature, f"{NODE}: 'clip_vision_output'")
         check_feature_width(ip_adapter, cond, NODE, "clip_vision_output")

@@ -20,6 +20,8 @@ from comfy_api.latest import io
 from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.prompt import ImagePrompt
 from ..ip_adapter.prompt_file import SUFFIX, load_image_prompt, save_image_prompt
+from ..ip_adapter.sd3.prompt import SD3ImagePrompt
+from ..ip_adapter.sd3.prompt_file import is_sd3_prompt_file, load_sd3_prompt, save_sd3_prompt
 from .types import ImagePromptSocket
 
 logger = logging.getLogger(__name__)
@@ -74,12 +76,14 @@ class SaveImagePrompt(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image_prompt: ImagePrompt, filename_prefix: str) -> io.NodeOutput:
+    def execute(cls, image_prompt: ImagePrompt | SD3ImagePrompt, filename_prefix: str) -> io.NodeOutput:
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
         name = f"{filename}_{counter:05}_{SUFFIX}"
-        save_image_prompt(image_prompt, os.path.join(folder, name))
-        logger.info("Saved image prompt %s (%s)", os.path.join(subfolder, name), image_prompt.spec.describe())
+        sd3 = isinstance(image_prompt, SD3ImagePrompt)
+        (save_sd3_prompt if sd3 else save_image_prompt)(image_prompt, os.path.join(folder, name))
+        described = image_prompt.shape.describe() if sd3 else image_prompt.spec.describe()
+        logger.info("Saved image prompt %s (%s)", os.path.join(subfolder, name), described)
         saved = {"filename": name, "subfolder": subfolder, "type": "output"}
         return io.NodeOutput(ui={"image_prompts": [saved]})
 
@@ -105,7 +109,8 @@ class LoadImagePrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, prompt_file: str) -> io.NodeOutput:
-        return io.NodeOutput(load_image_prompt(_resolve(prompt_file)))
+        path = _resolve(prompt_file)
+        return io.NodeOutput(load_sd3_prompt(path) if is_sd3_prompt_file(path) else load_image_prompt(path))
 
     @classmethod
     def fingerprint_inputs(cls, prompt_file: str) -> str:

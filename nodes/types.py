@@ -29,4 +29,5 @@ class LoadedAdapter:
 
     @property
     def spec(self) -> AdapterSpec:
+        """The UNet adapter's spec; SD3.5 adapters answer with their `SD3AdapterShape` (same describe())."""
         return self.model.spec

@@ -4,6 +4,7 @@
 |---|---|---|---|
 | UNet (SD1.5, SDXL) | `unet` | attn2 replace per cross-attention layer | tencent-ailab IP-Adapter |
 | Flux (dev, schnell) | `flux`, `flux_format` | `patches_replace["dit"]` per double block | XLabs flux-ip-adapter v1, v2 |
+| MMDiT (SD3.5) | `mmdit` (+ `ip_adapter.sd3`) | dit replace per joint block | InstantX SD3.5-Large |
 
 `injection_for(spec)` is the only entry point the ComfyUI glue uses; a new
 family adds a module and one row in `_INJECTIONS`.
@@ -15,11 +16,13 @@ from collections.abc import Mapping
 
 from ..spec import AdapterSpec, ModelFamily
 from .flux import FLUX
+from .mmdit import MMDIT
 from .seam import Backends, FamilyInjection, HookPoint, check_points, make_patches
 from .unet import UNET
 
 _INJECTIONS: dict[ModelFamily, FamilyInjection] = {
     ModelFamily.UNET: UNET,
+    ModelFamily.MMDIT: MMDIT,  # before Flux: `describe_model` asks in this order, and Flux names any DiT
     ModelFamily.FLUX: FLUX,
 }
 

@@ -31,24 +31,25 @@ UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
     "sd15_image_prompt", "sdxl_image_prompt", "sd15_plus_image_text", "sd15_image_prompt_controlnet",
     "sd15_img2img_image_prompt", "sd15_two_adapters", "sd15_inpaint_image_prompt", "sd15_regional_masks",
-    "sdxl_style_transfer", "flux_image_prompt",
+    "sdxl_style_transfer", "flux_image_prompt", "sd35_image_prompt",
 }
 #: comfy_extras modules whose nodes the workflows use (not registered by ``nodes.py`` itself).
-EXTRAS = ["nodes_canny.py", "nodes_mask.py"]
+EXTRAS = ["nodes_canny.py", "nodes_mask.py", "nodes_sd3.py"]
 
 #: The names the files are published under (README table; Hugging Face h94/IP-Adapter,
 #: runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0,
 #: lllyasviel/ControlNet-v1-1, laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
 PUBLISHED = {
-    "checkpoints": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"},
+    "checkpoints": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "sd3.5_large.safetensors"},
     # Flux (black-forest-labs/FLUX.1-dev, comfyanonymous/flux_text_encoders, XLabs-AI/flux-ip-adapter; OpenAI's
-    # clip-vit-large-patch14 model.safetensors under a descriptive name).
+    # clip-vit-large-patch14 model.safetensors under a descriptive name). SD3.5: stabilityai/stable-diffusion-3.5-large
+    # (clip_g too), InstantX/SD3.5-Large-IP-Adapter, Comfy-Org's SigLIP-384 vision file.
     "diffusion_models": {"flux1-dev.safetensors"},
-    "text_encoders": {"clip_l.safetensors", "t5xxl_fp16.safetensors"},
+    "text_encoders": {"clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"},
     "vae": {"ae.safetensors"},
     "clip_vision": {
         "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
-        "clip-vit-large-patch14.safetensors",
+        "clip-vit-large-patch14.safetensors", "sigclip_vision_patch14_384.safetensors",
     },
     "ipadapter": {
         "ip-adapter_sd15.safetensors", "ip-adapter_sd15_light.safetensors", "ip-adapter_sd15_vit-G.safetensors",
@@ -56,6 +57,7 @@ PUBLISHED = {
         "ip-adapter-full-face_sd15.safetensors", "ip-adapter_sdxl.safetensors",
         "ip-adapter_sdxl_vit-h.safetensors", "ip-adapter-plus_sdxl_vit-h.safetensors",
         "ip-adapter-plus-face_sdxl_vit-h.safetensors", "flux-ip-adapter.safetensors",
+        "ip-adapter_sd35_large_instantx.bin",
     },
     "controlnet": {"control_v11p_sd15_canny.safetensors"},
 }

@@ -39,6 +39,7 @@ MODEL_FILE_WIDGETS = {
     "clip_name1": "text_encoders",
     "clip_name2": "text_encoders",
     "vae_name": "vae",
+    "clip_name3": "text_encoders",  # TripleCLIPLoader (SD3.5)
 }
 
 
