@@ -32,7 +32,9 @@ from .devices import same_device
 from .layout_cache import LayoutCache
 from .masking import MaskCache
 from .model import IPAdapterModel
+from .per_latent import latent_factor, latent_indices, pick
 from .prompt import ImagePrompt
+from .step_schedule import WeightSchedule
 
 AttnPatch = Callable[[Tensor, Tensor, Tensor, dict], Tensor]
 
@@ -70,6 +72,8 @@ class ImageBranch:
         inverted: layers whose cond rows get no image term and whose uncond rows get the
             reference (the "precise" weight types: guidance then pushes away from it).
         mask: [1 or batch, H, W] float32 on the CPU; the image term acts where it is 1.
+        schedule: the weight over the steps (`step_schedule`); None = `weight` at every step.
+        latent_weights: a multiplier per latent (frame), or None (see `per_latent`).
     """
 
     adapter: IPAdapterModel
@@ -81,10 +85,13 @@ class ImageBranch:
     embeds_scaling: EmbedsScaling = EmbedsScaling.V_ONLY
     inverted: frozenset[int] = frozenset()
     mask: Tensor | None = None
+    schedule: WeightSchedule | None = None
+    latent_weights: tuple[float, ...] | None = None
     _kv: dict = field(default_factory=dict, repr=False)
     _rows: LayoutCache = field(default_factory=LayoutCache, repr=False)
     _gate: dict = field(default_factory=dict, repr=False)
     _masks: MaskCache | None = field(default=None, repr=False)
+    _factors: LayoutCache = field(default_factory=LayoutCache, repr=False)
 
     def __post_init__(self) -> None:
         if self.mask is not None and self._masks is None:
@@ -105,8 +112,13 @@ class ImageBranch:
             self._kv[key] = {i: (*cond[i], *uncond[i]) for i in cond}
         return self._kv[key][index]
 
+    def frames(self, batch: int, extra_options: dict) -> tuple[int, ...] | None:
+        """The prompt rows of this call's latents when the prompt holds one reference per latent (`per_latent`)."""
+        return latent_indices(self.prompt.cond.shape[0], batch, extra_options,
+                              "image prompt rows (one reference per latent)")
+
     def rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
-             dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+             dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
         """Image K and V laid out like ComfyUI's q batch for layer `index`, the weight folded in.
 
         Inverted layers swap in (zeros, reference) for (cond, uncond). The layer's
@@ -114,12 +126,12 @@ class ImageBranch:
         equals weighting the output and saves a pass over it). Held per layout
         (`LayoutCache`), so sampling steps allocate nothing here.
         """
-        return self._rows.get((tuple(chunks), batch, device, dtype), index,
-                              lambda: self._build_rows(index, chunks, batch, device, dtype))
+        return self._rows.get((tuple(chunks), batch, device, dtype, frames), index,
+                              lambda: self._build_rows(index, chunks, batch, device, dtype, frames))
 
     def _build_rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
-                    dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        k_cond, v_cond, k_uncond, v_uncond = self.kv(index, device, dtype)
+                    dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
+        k_cond, v_cond, k_uncond, v_uncond = (pick(t, frames) for t in self.kv(index, device, dtype))
         if index in self.inverted:  # projection of zero tokens is zero: the adapter's K/V have no bias
             k_uncond, v_uncond = k_cond, v_cond
             k_cond, v_cond = torch.zeros_like(k_cond), torch.zeros_like(v_cond)
@@ -151,8 +163,27 @@ class ImageBranch:
 
     def mask_rows(self, extra_options: dict, tokens: int, chunks: int, batch: int, device: torch.device,
                   dtype: torch.dtype) -> Tensor:
-        """The mask on this layer's token grid, [chunks * batch, tokens, 1], cached per layout."""
-        return self._masks.get(extra_options["original_shape"], tokens, chunks, batch, device, dtype)
+        """The mask on this layer's token grid, [chunks * batch, tokens, 1], cached per layout.
+
+        With several masks, a context window picks the masks of its frames (`per_latent`).
+        """
+        assert self._masks is not None and self.mask is not None
+        frames = latent_indices(self.mask.shape[0], batch, extra_options, "masks (one per latent)")
+        return self._masks.get(extra_options["original_shape"], tokens, chunks, batch, device, dtype, frames)
+
+    def modulation(self, extra_options: dict, chunks: int, batch: int, device: torch.device,
+                   dtype: torch.dtype) -> Tensor | None:
+        """Weight schedule x per-latent weights as one factor per q row [chunks * batch, 1, 1]; None if neither."""
+        factor = None
+        if self.schedule is not None:
+            factor = self.schedule.factor(extra_options["sigmas"], extra_options, chunks, device, dtype)
+        if self.latent_weights is not None:
+            weights = self.latent_weights
+            frames = latent_indices(len(weights), batch, extra_options, "per-latent weights")
+            per_latent = self._factors.get((chunks, batch, device, dtype, frames), 0,
+                                           lambda: latent_factor(weights, chunks, batch, extra_options, device, dtype))
+            factor = per_latent if factor is None else factor * per_latent
+        return factor
 
     def release_except(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the patch)."""
@@ -160,6 +191,9 @@ class ImageBranch:
             del self._kv[key]
         self._rows.drop(lambda layout: not same_device(layout[2], device))
         self._gate.clear()
+        self._factors.drop(lambda layout: not same_device(layout[2], device))
+        if self.schedule is not None:
+            self.schedule.release_except(device)
         if self._masks is not None:
             self._masks.release_except(device)
 
@@ -211,13 +245,16 @@ class SlotPatch:
         if gate.skip:
             return out
         batch = q.shape[0] // len(chunks)
-        k_ip, v_ip = branch.rows(self.layer_index, chunks, batch, q.device, q.dtype)
+        k_ip, v_ip = branch.rows(self.layer_index, chunks, batch, q.device, q.dtype, branch.frames(batch, extra_options))
         term = image_term(q, k_ip, v_ip, heads, self.image_attention, attn_precision=precision,
                           transformer_options=extra_options)
         # In place on tensors made in this call (no autograd: ComfyUI samples in inference mode).
         inplace = not torch.is_grad_enabled()
         if gate.factor is not None:
             term = term.mul_(gate.factor) if inplace else term * gate.factor
+        modulation = branch.modulation(extra_options, len(chunks), batch, q.device, term.dtype)
+        if modulation is not None:
+            term = term.mul_(modulation) if inplace else term * modulation
         if branch.mask is not None:
             mask = branch.mask_rows(extra_options, q.shape[1], len(chunks), batch, q.device, term.dtype)
             term = term.mul_(mask) if inplace else term * mask
