@@ -19,6 +19,7 @@ from the model's own percent -> sigma conversion, interpolated on the device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -176,6 +177,8 @@ def build_schedule(name: str, weight: float, end_weight: float, step_text: str |
     if name not in CURVES:
         raise ImagePromptError(
             f"ApplyIPAdapter weight_schedule: unknown '{name}'; choose one of {list(SCHEDULES)}.")
+    if not math.isfinite(end_weight):
+        raise ImagePromptError(f"ApplyIPAdapter end_weight is {end_weight}; give a number between -1 and 3.")
     sigma_knots, t_knots = sigma_table(percent_to_sigma, start, end)
     reference = max(abs(weight), abs(end_weight)) or 1.0
     return WeightSchedule(reference=reference, curve_name=name, start_weight=weight, end_weight=end_weight,

@@ -14,7 +14,9 @@ from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.masking import check_mask
 from ..ip_adapter.patch import ImageBranch
 from ..ip_adapter.prompt import ImagePrompt
-from . import comfy_bridge
+from ..ip_adapter.regions import RegionalPrompt
+from . import comfy_bridge, regional
+from .frames import frame_inputs, frame_options
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ class ApplyIPAdapter(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The UNet to patch (SD1.5 or SDXL, matching the adapter)."),
                 IPAdapterSocket.Input("ip_adapter", tooltip="From Load IP-Adapter."),
-                ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt, with the same adapter."),
+                ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt, with the same adapter (or the "
+                                                                 "regions of a chain of IP-Adapter Region nodes)."),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=3.0, step=0.01,
                                tooltip="Strength of the image prompt (lambda in the paper). 0 leaves the model "
                                        "unchanged; negative values push away from the image."),
@@ -66,30 +69,36 @@ class ApplyIPAdapter(io.ComfyNode):
                                         "SDXL, separated by commas, spaces or new lines, e.g. '1, 1, 0.5, 0, ...'. "
                                         "0 skips a layer. Replaces weight_type's table (precise types keep their "
                                         "inverted layers). Empty: use weight_type."),
+                *frame_inputs(),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float,
-                start_percent: float, end_percent: float, weight_type: str = weighting.LINEAR,
+    def execute(cls, model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt | RegionalPrompt,
+                weight: float, start_percent: float, end_percent: float, weight_type: str = weighting.LINEAR,
                 embeds_scaling: str = EmbedsScaling.V_ONLY.value, attn_mask: Tensor | None = None,
-                layer_weights: str = "") -> io.NodeOutput:
+                layer_weights: str = "", **frames: object) -> io.NodeOutput:
         _check_inputs(model, ip_adapter, image_prompt, weight, start_percent, end_percent)
+        options = frame_options(model, weight, start_percent, end_percent, **frames)  # type: ignore[arg-type]
         base = ip_adapter.spec.base
         plan = weighting.layer_plan(base, weight_type, weighting.parse_layer_weights(layer_weights, base))
         mask = check_mask(attn_mask) if attn_mask is not None else None
-        if weight == 0.0 or not plan.active():
-            if weight != 0.0:
+        if options.inactive or not plan.active():
+            if not options.inactive:
                 logger.info("ApplyIPAdapter: every layer multiplier is 0; the model is returned unchanged.")
             return io.NodeOutput(model.clone())
-        branch = ImageBranch(
-            adapter=ip_adapter.model, prompt=image_prompt, weight=float(weight),
-            window=comfy_bridge.sigma_window(model, start_percent, end_percent),
-            layer_weights=dict(plan.multipliers), models=(ip_adapter.patcher,),
-            embeds_scaling=_scaling(embeds_scaling), inverted=plan.inverted, mask=mask,
-        )
-        return io.NodeOutput(comfy_bridge.patched_clone(model, branch, ip_adapter.spec))
+        window = comfy_bridge.sigma_window(model, start_percent, end_percent)
+        patched = model
+        for prompt, factor, region_mask in regional.parts(image_prompt, mask):
+            branch = ImageBranch(
+                adapter=ip_adapter.model, prompt=prompt, weight=options.weight * factor, window=window,
+                layer_weights=dict(plan.multipliers), models=(ip_adapter.patcher,),
+                embeds_scaling=_scaling(embeds_scaling), inverted=plan.inverted, mask=region_mask,
+                schedule=options.schedule, latent_weights=options.latent_weights,
+            )
+            patched = comfy_bridge.patched_clone(patched, branch, ip_adapter.spec)
+        return io.NodeOutput(patched if patched is not model else model.clone())
 
 
 def _check_inputs(model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float,
