@@ -67,9 +67,15 @@ def latent_indices(count: int, batch: int, options: dict, what: str) -> tuple[in
 
 
 def pick(items: Tensor, indices: tuple[int, ...] | None) -> Tensor:
-    """items[indices] along dim 0 (a view-free gather), or `items` itself when indices is None."""
+    """items[indices] along dim 0, or `items` itself when indices is None.
+
+    Context windows are usually runs of consecutive frames: those are a slice (a view; no index
+    tensor is copied to the device). Others (looped windows) gather with an index tensor.
+    """
     if indices is None:
         return items
+    if list(indices) == list(range(indices[0], indices[0] + len(indices))):
+        return items[indices[0]:indices[0] + len(indices)]
     return items.index_select(0, torch.tensor(indices, dtype=torch.long, device=items.device))
 
 

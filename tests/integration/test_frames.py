@@ -165,5 +165,7 @@ def test_regions_are_one_apply_with_a_masked_term_and_masked_text_each(comfy, mo
     assert torch.equal(one_apply, _eps(chained, x))
     with pytest.raises(ValueError, match="carry their own masks"):
         _apply(sd15, adapter, regions, attn_mask=left)
+    with pytest.raises(ValueError, match="SaveImagePrompt: 'image_prompt' is a chain of IP-Adapter Region"):
+        run_node("SaveImagePrompt", image_prompt=regions, filename_prefix="regions")
     with pytest.raises(ValueError, match="'previous' must be the 'regions' output"):
         run_node("IPAdapterRegion", image_prompt=left_prompt, mask=left, weight=1.0, previous=left_prompt)
