@@ -22,9 +22,13 @@ AttentionFn = Callable[..., Tensor]
 COND, UNCOND = 0, 1
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, **_: object) -> Tensor:
-    """Reference multi-head attention: [b, n, h*d] x [b, m, h*d] -> [b, n, h*d]."""
-    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, skip_reshape: bool = False, **_: object) -> Tensor:
+    """Reference multi-head attention: [b, n, h*d] x [b, m, h*d] -> [b, n, h*d].
+
+    With `skip_reshape` (ComfyUI's flag for DiTs) the inputs are already [b, h, n, d].
+    """
+    if not skip_reshape:
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     return rearrange(out, "b h n d -> b n (h d)")
 

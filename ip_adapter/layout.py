@@ -1,4 +1,8 @@
-"""Where each checkpoint layer goes in ComfyUI's UNet: data, not code.
+"""Where each checkpoint layer goes in ComfyUI's models: data, not code.
+
+UNet (SD1.5, SDXL): one attn2 slot per cross-attention layer (tables below).
+Flux: layer N of the checkpoint is ComfyUI's double-stream block N
+(`patches_replace["dit"][("double_block", N)]`); XLabs number them as ComfyUI does.
 
 The published checkpoints number their layers in diffusers' module order
 (down blocks, then up blocks, then the mid block; attn1 and attn2 counted
@@ -13,7 +17,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .spec import BaseModel
+from .spec import FAMILY_OF_BASE, BaseModel, ModelFamily
+
+#: Double-stream blocks of Flux dev/schnell (ComfyUI `double_blocks`, diffusers `transformer_blocks`).
+FLUX_DOUBLE_BLOCKS = 19
 
 
 class Slot(NamedTuple):
@@ -46,7 +53,9 @@ _GROUPS: dict[BaseModel, tuple[tuple[str, int, int], ...]] = {
 
 
 def slots(base: BaseModel) -> tuple[Slot, ...]:
-    """All cross-attention slots of `base`, in checkpoint order (16 for SD1.5, 70 for SDXL)."""
+    """All cross-attention slots of a UNet `base`, in checkpoint order (16 for SD1.5, 70 for SDXL)."""
+    if base not in _GROUPS:
+        raise ValueError(f"{base.value} has no UNet cross-attention slots")
     return tuple(
         Slot(block, number, index)
         for block, number, depth in _GROUPS[base]
@@ -72,3 +81,28 @@ def comfy_keys(slot: Slot) -> tuple[tuple, ...]:
     key is the one that would run, so composition must look there too.
     """
     return ((slot.block, slot.number, slot.transformer_index), (slot.block, slot.number))
+
+
+class LayerGroup(NamedTuple):
+    """Checkpoint layers that share one weight-type multiplier: a UNet transformer block or a DiT block."""
+
+    kind: str  # "input", "middle", "output" (UNet) or "double" (Flux)
+    number: int
+    layers: tuple[int, ...]
+
+
+def layer_groups(base: BaseModel) -> tuple[LayerGroup, ...]:
+    """The weight-type blocks of `base` in execution order, each with its checkpoint layers."""
+    if FAMILY_OF_BASE[base] is ModelFamily.FLUX:
+        return tuple(LayerGroup("double", i, (i,)) for i in range(FLUX_DOUBLE_BLOCKS))
+    grouped: dict[tuple[str, int], list[int]] = {}
+    for index, slot in slot_for_layer(base).items():
+        grouped.setdefault((slot.block, slot.number), []).append(index)
+    order = {"input": 0, "middle": 1, "output": 2}
+    keys = sorted(grouped, key=lambda key: (order[key[0]], key[1]))
+    return tuple(LayerGroup(kind, number, tuple(grouped[(kind, number)])) for kind, number in keys)
+
+
+def layer_indices(base: BaseModel) -> tuple[int, ...]:
+    """Every checkpoint layer of `base`, ascending (what `layer_weights` lists, in this order)."""
+    return tuple(sorted(layer for group in layer_groups(base) for layer in group.layers))

@@ -18,9 +18,8 @@ from .errors import ImagePromptError
 from .layout_cache import LayoutCache
 
 
-def check_mask(mask: Tensor, input_name: str = "attn_mask") -> Tensor:
-    """A MASK as [masks, H, W] float32 on the CPU; a clear error for anything else."""
-    where = f"ApplyIPAdapter {input_name}"
+def check_mask(mask: Tensor, where: str = "attn_mask") -> Tensor:
+    """A MASK as [masks, H, W] float32 on the CPU; a clear error naming `where` for anything else."""
     if not isinstance(mask, Tensor) or mask.ndim not in (2, 3) or mask.numel() == 0:
         shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise ImagePromptError(f"{where}: expected a MASK [H, W] or [batch, H, W], got {shape}.")
@@ -52,7 +51,7 @@ def token_grid(height: int, width: int, tokens: int) -> tuple[int, int]:
 
 
 def mask_rows(mask: Tensor, original_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int,
-              device: torch.device, dtype: torch.dtype) -> Tensor:
+              device: torch.device, dtype: torch.dtype, where: str = "attn_mask") -> Tensor:
     """The mask as a per-token factor matching ComfyUI's q batch: [chunks * batch, tokens, 1].
 
     `mask` is [1 or batch, H, W]; one mask serves every latent, `batch` masks map
@@ -60,7 +59,7 @@ def mask_rows(mask: Tensor, original_shape: tuple[int, ...] | list[int], tokens:
     """
     if mask.shape[0] not in (1, batch):
         raise ImagePromptError(
-            f"ApplyIPAdapter attn_mask: {mask.shape[0]} masks for a batch of {batch} latents; give one mask "
+            f"{where}: {mask.shape[0]} masks for a batch of {batch} latents; give one mask "
             f"(used for every latent) or exactly {batch} (one per latent)."
         )
     rows, cols = token_grid(int(original_shape[-2]), int(original_shape[-1]), tokens)
@@ -82,8 +81,9 @@ class MaskCache:
     (see `LayoutCache`), so cond and uncond sent in separate calls reuse theirs.
     """
 
-    def __init__(self, mask: Tensor) -> None:
+    def __init__(self, mask: Tensor, where: str = "attn_mask") -> None:
         self.mask = mask
+        self.where = where
         self._rows: LayoutCache[Tensor] = LayoutCache()
 
     def get(self, original_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int,
@@ -92,7 +92,7 @@ class MaskCache:
         layout = (int(original_shape[-2]), int(original_shape[-1]), chunks, batch, device, dtype, frames)
         masks = self.mask if frames is None else self.mask[list(frames)]
         return self._rows.get(layout, tokens, lambda: mask_rows(masks, original_shape, tokens, chunks, batch,
-                                                                  device, dtype))
+                                                                  device, dtype, self.where))
 
     def release_except(self, device: torch.device) -> None:
         """Forget the rows held on other devices."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -18,11 +19,37 @@ from .projection import ImageProjModel, MLPProjModel, Resampler
 from .spec import AdapterSpec, ProjectionKind
 from .state_dict import detect_spec, read_file, split
 
+M = TypeVar("M", bound=nn.Module)
+
 _PROJECTIONS = {
     ProjectionKind.LINEAR: ImageProjModel,
     ProjectionKind.MLP: MLPProjModel,
     ProjectionKind.RESAMPLER: Resampler,
 }
+
+
+def load_checked(model: M, sd: Mapping[str, Tensor], source: str) -> M:
+    """Load `sd` into a meta-built `model` strictly, after naming wrong shapes and non-finite values."""
+    expected = model.state_dict()
+    wrong = [f"{key} {tuple(sd[key].shape)} (expected {tuple(t.shape)})"
+             for key, t in expected.items() if key in sd and sd[key].shape != t.shape]
+    if wrong:
+        raise AdapterFormatError(f"'{source}' has tensors of unexpected shape: {'; '.join(wrong[:4])}.")
+    bad = [key for key, t in sd.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise AdapterFormatError(f"'{source}' has NaN or infinite values in {', '.join(bad[:4])}; download it again.")
+    model.load_state_dict(dict(sd), strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def run_projection(projection: nn.Module, features: Tensor) -> Tensor:
+    """Encoder features -> tokens, float32, computed in the weights' dtype on their device (as the reference).
+
+    The weights' place is read from a parameter, not `.device`/`.dtype` properties:
+    ComfyUI's ModelPatcher sets attributes with those names on the modules it manages.
+    """
+    weights = next(projection.parameters())
+    return projection(features.to(device=weights.device, dtype=weights.dtype)).float()
 
 
 class ImageKV(nn.Module):
@@ -53,39 +80,17 @@ class IPAdapterModel(nn.Module):
         image_proj_sd, _ = split(sd)
         with torch.device("meta"):
             model = cls(spec, _PROJECTIONS[spec.projection].from_shapes(image_proj_sd))
-        expected = model.state_dict()
-        wrong = [f"{key} {tuple(sd[key].shape)} (expected {tuple(t.shape)})"
-                 for key, t in expected.items() if key in sd and sd[key].shape != t.shape]
-        if wrong:
-            raise AdapterFormatError(f"'{source}' has tensors of unexpected shape: {'; '.join(wrong[:4])}.")
-        bad = [key for key, t in sd.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-        if bad:
-            raise AdapterFormatError(f"'{source}' has NaN or infinite values in {', '.join(bad[:4])}; download it again.")
-        model.load_state_dict(dict(sd), strict=True, assign=True)
-        return model.eval().requires_grad_(False)
+        return load_checked(model, sd, source)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> IPAdapterModel:
         """Read, detect and load a checkpoint; errors name the file."""
         return cls.from_state_dict(read_file(path), source=os.path.basename(os.fspath(path)))
 
-    def _weights(self) -> Tensor:
-        """Any parameter: where and in which dtype the weights are now.
-
-        (Not `.device`/`.dtype` properties: ComfyUI's ModelPatcher sets attributes
-        with those names on the modules it manages.)
-        """
-        return next(self.parameters())
-
     @torch.no_grad()
     def project(self, features: Tensor) -> Tensor:
-        """CLIP features of `spec.feature` -> tokens [B, T, cross_attention_dim], float32.
-
-        Runs in the weights' dtype on the weights' device, as the reference does.
-        """
-        weights = self._weights()
-        out = self.image_proj(features.to(device=weights.device, dtype=weights.dtype))
-        return out.float()
+        """CLIP features of `spec.feature` -> tokens [B, T, cross_attention_dim], float32."""
+        return run_projection(self.image_proj, features)
 
     @torch.no_grad()
     def image_kv(self, tokens: Tensor, device: torch.device, dtype: torch.dtype) -> dict[int, tuple[Tensor, Tensor]]:

@@ -1,42 +1,50 @@
-"""The attn2 replace patch that adds the image term to one cross-attention slot.
+"""The shared patch machinery: one application of an adapter, whatever the model family.
 
-ComfyUI calls `patch(q, k, v, extra_options)` with q/k/v already projected by
-the host layer and feeds the result to the layer's `to_out`. One `SlotPatch` is
-registered per slot; if the slot already held a patch (another IP-Adapter, or
-another pack's), that patch computes the text branch and ours adds its term, so
-adapters stack instead of replacing each other.
+`ImageBranch` is what every family's patch reads: the adapter, the image prompt,
+the weight and the `LayerPlan`, the schedule window, the mask, and the image K/V
+laid out like ComfyUI's batch (cond/uncond chunks), memoised in one
+`BranchCache`. The families (`ip_adapter.families.unet`: attn2 slots;
+`ip_adapter.families.flux`: DiT blocks) only decide *where* the term is computed
+and how it is added; the rows, the gate and the mask come from here, so a rule
+fixed here holds for every family.
 
-The objects are immutable in meaning: `ImageBranch` memoises the K/V projection
-per (device, dtype), which is a pure function of its fields, and `deepcopy`
-returns the same object so `ModelPatcher.clone()` shares weights and caches.
+The branch is immutable in meaning: the cache holds pure functions of its
+fields (per device, dtype and batch layout), and `deepcopy` returns the same
+object so `ModelPatcher.clone()` shares weights and caches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from .attention import (
-    AttentionFn,
-    EmbedsScaling,
-    assemble_rows,
-    image_term,
-    scale_kv,
-    schedule_gate,
-)
+from .attention import EmbedsScaling, assemble_rows, scale_kv, schedule_gate
 from .devices import same_device
 from .layout_cache import LayoutCache
 from .masking import MaskCache
-from .model import IPAdapterModel
 from .per_latent import latent_factor, latent_indices, pick
 from .prompt import ImagePrompt
+from .spec import AdapterSpec
 from .step_schedule import WeightSchedule
+from .weighting import LayerPlan
 
-AttnPatch = Callable[[Tensor, Tensor, Tensor, dict], Tensor]
+
+class AdapterModule(Protocol):
+    """What a branch needs of a loaded adapter, whichever family's module it is."""
+
+    spec: AdapterSpec
+
+    def project(self, features: Tensor) -> Tensor:
+        """Encoder features -> image tokens [n, T, C], float32."""
+        ...
+
+    def image_kv(self, tokens: Tensor, device: torch.device, dtype: torch.dtype) -> dict[int, tuple[Tensor, Tensor]]:
+        """K and V of `tokens` [n, T, C] for every layer, [n, T, width] each, in `dtype` on `device`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,36 @@ class StepGate:
 ALWAYS = StepGate()
 
 
+class BranchCache:
+    """Everything an `ImageBranch` memoises, in one named place (the branch itself stays frozen).
+
+    Attributes:
+        kv: (device, dtype) -> layer -> (k_cond, v_cond, k_uncond, v_uncond): the adapter's
+            projection of the prompt, done once per apply and device/dtype.
+        rows: those K/V laid out like ComfyUI's batch, the weight folded in, per layout.
+        gate: the last step's schedule decision ("last" -> (sigmas, layout, StepGate)).
+        masks: the mask on each token grid, per layout (None without a mask).
+        factors: per-latent weights as a factor on the q rows, per layout (`per_latent`).
+    """
+
+    def __init__(self, mask: Tensor | None = None, where: str = "attn_mask") -> None:
+        self.kv: dict[tuple[torch.device, torch.dtype], dict[int, tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
+        self.rows: LayoutCache[tuple[Tensor, Tensor]] = LayoutCache()
+        self.gate: dict[str, tuple[Tensor, tuple, StepGate]] = {}
+        self.masks = MaskCache(mask, where) if mask is not None else None
+        self.factors: LayoutCache[Tensor] = LayoutCache()
+
+    def release_except(self, device: torch.device) -> None:
+        """Drop what lives on other devices (called when ComfyUI moves the patch)."""
+        for key in [k for k in self.kv if not same_device(k[0], device)]:
+            del self.kv[key]
+        self.rows.drop(lambda layout: not same_device(layout[2], device))
+        self.gate.clear()
+        self.factors.drop(lambda layout: not same_device(layout[2], device))
+        if self.masks is not None:
+            self.masks.release_except(device)
+
+
 @dataclass(frozen=True, eq=False)
 class ImageBranch:
     """One application of an adapter: its weights, prompt, strength, window, layers and mask.
@@ -66,51 +104,49 @@ class ImageBranch:
         prompt: cond/uncond image tokens.
         weight: lambda of the paper.
         window: (sigma_start, sigma_end) in which the term acts, or None for always.
-        layer_weights: multiplier per checkpoint layer index (missing = 1.0; 0 skips the layer).
-        models: objects ComfyUI should load and offload with the UNet (ModelPatchers).
+        plan: multiplier per checkpoint layer (missing = 1.0; 0 skips the layer) and the
+            inverted layers, whose cond rows get no image term and whose uncond rows get
+            the reference (the "precise" weight types: guidance then pushes away from it).
+        models: objects ComfyUI should load and offload with the model (ModelPatchers).
         embeds_scaling: where the weight enters (V only = the paper; see `EmbedsScaling`).
-        inverted: layers whose cond rows get no image term and whose uncond rows get the
-            reference (the "precise" weight types: guidance then pushes away from it).
         mask: [1 or batch, H, W] float32 on the CPU; the image term acts where it is 1.
+        where: names the node input in messages raised while sampling (the mask's batch check).
         schedule: the weight over the steps (`step_schedule`); None = `weight` at every step.
         latent_weights: a multiplier per latent (frame), or None (see `per_latent`).
+        cache: the memoised K/V, rows, gate and mask rows (`BranchCache`).
     """
 
-    adapter: IPAdapterModel
+    adapter: AdapterModule
     prompt: ImagePrompt
     weight: float
     window: tuple[float, float] | None = None
-    layer_weights: dict[int, float] = field(default_factory=dict)
+    plan: LayerPlan = field(default_factory=LayerPlan)
     models: tuple[Any, ...] = ()
     embeds_scaling: EmbedsScaling = EmbedsScaling.V_ONLY
-    inverted: frozenset[int] = frozenset()
     mask: Tensor | None = None
+    where: str = "attn_mask"
     schedule: WeightSchedule | None = None
     latent_weights: tuple[float, ...] | None = None
-    _kv: dict = field(default_factory=dict, repr=False)
-    _rows: LayoutCache = field(default_factory=LayoutCache, repr=False)
-    _gate: dict = field(default_factory=dict, repr=False)
-    _masks: MaskCache | None = field(default=None, repr=False)
-    _factors: LayoutCache = field(default_factory=LayoutCache, repr=False)
+    cache: BranchCache = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.mask is not None and self._masks is None:
-            object.__setattr__(self, "_masks", MaskCache(self.mask))
+        object.__setattr__(self, "cache", BranchCache(self.mask, self.where))
 
     def __deepcopy__(self, memo: dict) -> ImageBranch:
         return self
 
     def layer_weight(self, index: int) -> float:
-        return self.weight * self.layer_weights.get(index, 1.0)
+        return self.weight * self.plan.multiplier(index)
 
     def kv(self, index: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(k_cond, v_cond, k_uncond, v_uncond) of layer `index`, projected once per device/dtype."""
         key = (device, dtype)
-        if key not in self._kv:
+        cached = self.cache.kv
+        if key not in cached:
             cond = self.adapter.image_kv(self.prompt.cond, device, dtype)
             uncond = self.adapter.image_kv(self.prompt.uncond, device, dtype)
-            self._kv[key] = {i: (*cond[i], *uncond[i]) for i in cond}
-        return self._kv[key][index]
+            cached[key] = {i: (*cond[i], *uncond[i]) for i in cond}
+        return cached[key][index]
 
     def frames(self, batch: int, extra_options: dict) -> tuple[int, ...] | None:
         """The prompt rows of this call's latents when the prompt holds one reference per latent (`per_latent`)."""
@@ -126,13 +162,13 @@ class ImageBranch:
         equals weighting the output and saves a pass over it). Held per layout
         (`LayoutCache`), so sampling steps allocate nothing here.
         """
-        return self._rows.get((tuple(chunks), batch, device, dtype, frames), index,
-                              lambda: self._build_rows(index, chunks, batch, device, dtype, frames))
+        return self.cache.rows.get((tuple(chunks), batch, device, dtype, frames), index,
+                                   lambda: self._build_rows(index, chunks, batch, device, dtype, frames))
 
     def _build_rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
                     dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
         k_cond, v_cond, k_uncond, v_uncond = (pick(t, frames) for t in self.kv(index, device, dtype))
-        if index in self.inverted:  # projection of zero tokens is zero: the adapter's K/V have no bias
+        if index in self.plan.inverted:  # projection of zero tokens is zero: the adapter's K/V have no bias
             k_uncond, v_uncond = k_cond, v_cond
             k_cond, v_cond = torch.zeros_like(k_cond), torch.zeros_like(v_cond)
         return scale_kv(assemble_rows(chunks, batch, k_cond, k_uncond),
@@ -148,7 +184,7 @@ class ImageBranch:
         """
         if self.window is None:
             return ALWAYS
-        last = self._gate.get("last")
+        last = self.cache.gate.get("last")
         if last is None or last[0] is not sigmas or last[1] != (chunks, device, dtype):
             factor = schedule_gate(sigmas, *self.window, chunks=chunks)
             if factor.device.type == "cpu" and bool(factor.all()):
@@ -158,138 +194,51 @@ class ImageBranch:
             else:
                 step = StepGate(factor=factor.to(device=device, dtype=dtype))
             last = (sigmas, (chunks, device, dtype), step)
-            self._gate["last"] = last
+            self.cache.gate["last"] = last
         return last[2]
 
     def mask_rows(self, extra_options: dict, tokens: int, chunks: int, batch: int, device: torch.device,
                   dtype: torch.dtype) -> Tensor:
-        """The mask on this layer's token grid, [chunks * batch, tokens, 1], cached per layout.
+        """The mask on this layer's token grid, [chunks * batch, tokens, 1], cached per layout."""
+        frames = self.mask_frames(batch, extra_options)
+        return self.mask_grid(extra_options["original_shape"], tokens, chunks, batch, device, dtype, frames)
 
-        With several masks, a context window picks the masks of its frames (`per_latent`).
+    def mask_frames(self, batch: int, extra_options: dict) -> tuple[int, ...] | None:
+        """Which masks serve this call's latents (a context window's frames), None for all (`per_latent`)."""
+        assert self.mask is not None
+        return latent_indices(self.mask.shape[0], batch, extra_options, "masks (one per latent)")
+
+    def mask_grid(self, latent_shape: Sequence[int], tokens: int, chunks: int, batch: int, device: torch.device,
+                  dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> Tensor:
+        """The mask resized to the token grid of a latent of `latent_shape`, [chunks * batch, tokens, 1].
+
+        With several masks, a context window picks the masks of its frames (`frames`, see `per_latent`).
         """
-        assert self._masks is not None and self.mask is not None
-        frames = latent_indices(self.mask.shape[0], batch, extra_options, "masks (one per latent)")
-        return self._masks.get(extra_options["original_shape"], tokens, chunks, batch, device, dtype, frames)
+        assert self.cache.masks is not None and self.mask is not None, "mask_grid needs a branch with a mask"
+        return self.cache.masks.get(latent_shape, tokens, chunks, batch, device, dtype, frames)
 
     def modulation(self, extra_options: dict, chunks: int, batch: int, device: torch.device,
                    dtype: torch.dtype) -> Tensor | None:
-        """Weight schedule x per-latent weights as one factor per q row [chunks * batch, 1, 1]; None if neither."""
+        """Weight schedule x per-latent weights as one factor per q row [chunks * batch, 1, 1]; None if neither.
+
+        Every family multiplies its image term by this (after the gate), so both features hold for all.
+        """
         factor = None
         if self.schedule is not None:
             factor = self.schedule.factor(extra_options["sigmas"], extra_options, chunks, device, dtype)
         if self.latent_weights is not None:
             weights = self.latent_weights
             frames = latent_indices(len(weights), batch, extra_options, "per-latent weights")
-            per_latent = self._factors.get((chunks, batch, device, dtype, frames), 0,
-                                           lambda: latent_factor(weights, chunks, batch, extra_options, device, dtype))
+            per_latent = self.cache.factors.get(
+                (chunks, batch, device, dtype, frames), 0,
+                lambda: latent_factor(weights, chunks, batch, extra_options, device, dtype))
             factor = per_latent if factor is None else factor * per_latent
         return factor
 
     def release_except(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the patch)."""
-        for key in [k for k in self._kv if not same_device(k[0], device)]:
-            del self._kv[key]
-        self._rows.drop(lambda layout: not same_device(layout[2], device))
-        self._gate.clear()
-        self._factors.drop(lambda layout: not same_device(layout[2], device))
+        self.cache.release_except(device)
         if self.schedule is not None:
             self.schedule.release_except(device)
-        if self._masks is not None:
-            self._masks.release_except(device)
 
 
-@dataclass(frozen=True, eq=False)
-class SlotPatch:
-    """attn2 replace for one slot: `previous(q, k, v) + w * mask * Attn(q, K', V')`.
-
-    `previous` is the patch that held the slot before (it then computes the text
-    branch, plus its own additions); None means plain attention with `attention`,
-    the host's backend (ComfyUI's `optimized_attention`). `image_attention` runs
-    the image term (default: `attention`); it may differ because the image term
-    has only 4-16 keys (see `nodes.comfy_bridge.image_attention_backend`).
-    The layer's effective weight is fixed at construction.
-    """
-
-    branch: ImageBranch
-    layer_index: int
-    attention: AttentionFn
-    previous: AttnPatch | None = None
-    image_attention: AttentionFn | None = None
-    weight: float = field(init=False)
-    _owns_output: bool = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "weight", self.branch.layer_weight(self.layer_index))
-        if self.image_attention is None:
-            object.__setattr__(self, "image_attention", self.attention)
-        # The text branch's output is ours to add into unless a foreign patch made it.
-        previous = self.previous
-        owned = previous is None or (isinstance(previous, SlotPatch) and (previous._owns_output or previous.weight != 0))
-        object.__setattr__(self, "_owns_output", owned)
-
-    def __deepcopy__(self, memo: dict) -> SlotPatch:
-        return self
-
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
-        heads = extra_options["n_heads"]
-        precision = extra_options.get("attn_precision")
-        if self.previous is not None:
-            out = self.previous(q, k, v, extra_options)
-        else:
-            out = self.attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
-        if self.weight == 0.0:
-            return out
-        branch = self.branch
-        chunks: Sequence[int] = extra_options["cond_or_uncond"]
-        gate = branch.gate(extra_options["sigmas"], len(chunks), q.device, q.dtype)
-        if gate.skip:
-            return out
-        batch = q.shape[0] // len(chunks)
-        k_ip, v_ip = branch.rows(self.layer_index, chunks, batch, q.device, q.dtype, branch.frames(batch, extra_options))
-        term = image_term(q, k_ip, v_ip, heads, self.image_attention, attn_precision=precision,
-                          transformer_options=extra_options)
-        # In place on tensors made in this call (no autograd: ComfyUI samples in inference mode).
-        inplace = not torch.is_grad_enabled()
-        if gate.factor is not None:
-            term = term.mul_(gate.factor) if inplace else term * gate.factor
-        modulation = branch.modulation(extra_options, len(chunks), batch, q.device, term.dtype)
-        if modulation is not None:
-            term = term.mul_(modulation) if inplace else term * modulation
-        if branch.mask is not None:
-            mask = branch.mask_rows(extra_options, q.shape[1], len(chunks), batch, q.device, term.dtype)
-            term = term.mul_(mask) if inplace else term * mask
-        return out.add_(term) if inplace and self._owns_output else out + term
-
-    def to(self, device_or_dtype: Any) -> SlotPatch:
-        """Called by ComfyUI on load/offload; moves nothing itself, frees K/V left elsewhere."""
-        if isinstance(device_or_dtype, (torch.device, str)):
-            self.branch.release_except(torch.device(device_or_dtype))
-        if self.previous is not None and hasattr(self.previous, "to"):
-            moved = self.previous.to(device_or_dtype)
-            if moved is not None and moved is not self.previous:
-                object.__setattr__(self, "previous", moved)
-        return self
-
-    def models(self) -> list:
-        """ModelPatchers ComfyUI must load with the UNet: ours and the wrapped patch's."""
-        inner = self.previous.models() if self.previous is not None and hasattr(self.previous, "models") else []
-        return list(self.branch.models) + list(inner)
-
-
-def slot_patches(
-    branch: ImageBranch,
-    slots_by_layer: dict[int, Any],
-    existing: Callable[[Any], AttnPatch | None],
-    attention: AttentionFn,
-    image_attention: AttentionFn | None = None,
-) -> list[tuple[Any, SlotPatch]]:
-    """One SlotPatch per slot, each wrapping whatever `existing(slot)` already holds.
-
-    Layers whose multiplier is 0 get no patch at all (the slot keeps what it had).
-    """
-    patches = []
-    for index, slot in slots_by_layer.items():
-        if branch.layer_weight(index) == 0.0:
-            continue
-        patches.append((slot, SlotPatch(branch, index, attention, existing(slot), image_attention)))
-    return patches

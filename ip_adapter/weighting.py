@@ -1,4 +1,7 @@
-"""Weight types: how strongly each cross-attention layer takes the image term, as data.
+"""Weight types: how strongly each patched layer takes the image term, as data.
+
+(UNet families use every type below; on Flux only `linear` and explicit
+`layer_weights` over the 19 double blocks make sense, and the rest are refused.)
 
 A weight type is a multiplier per *transformer block* of the UNet, in the order
 ComfyUI runs them (input blocks, middle, output blocks; ComfyUI's
@@ -22,12 +25,12 @@ zeroed, uncond tokens = cond tokens).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from . import layout
 from .errors import ImagePromptError
-from .layout import slot_for_layer
 from .number_list import parse_numbers
-from .spec import BaseModel
+from .spec import FAMILY_OF_BASE, BaseModel, ModelFamily
 
 LINEAR = "linear"
 SCHEDULES = ("ease in", "ease out", "ease in-out", "reverse in-out")
@@ -64,9 +67,9 @@ _PRESET_TABLES: dict[BaseModel, dict[str, tuple[tuple[float, ...], frozenset[int
 
 @dataclass(frozen=True)
 class Block:
-    """One transformer block: its ComfyUI key and the checkpoint layers inside it."""
+    """One weight-type block: its ComfyUI position and the checkpoint layers inside it."""
 
-    kind: str  # "input", "middle" or "output"
+    kind: str  # "input", "middle", "output" (UNet) or "double" (Flux)
     number: int
     layers: tuple[int, ...]
 
@@ -77,10 +80,18 @@ class Block:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """Per checkpoint layer: the multiplier of `weight`, and which layers are inverted."""
+    """Per checkpoint layer: the multiplier of `weight`, and which layers are inverted.
 
-    multipliers: Mapping[int, float]
-    inverted: frozenset[int]
+    The one meaning of "layer weights" in the pack: the node builds it, the image
+    branch reads it (`multiplier`), the families skip layers whose multiplier is 0.
+    A layer the plan does not list takes 1.0.
+    """
+
+    multipliers: Mapping[int, float] = field(default_factory=dict)
+    inverted: frozenset[int] = frozenset()
+
+    def multiplier(self, layer: int) -> float:
+        return self.multipliers.get(layer, 1.0)
 
     def active(self) -> tuple[int, ...]:
         """The layers that carry an image term (multiplier not 0)."""
@@ -88,18 +99,25 @@ class LayerPlan:
 
 
 def blocks(base: BaseModel) -> tuple[Block, ...]:
-    """The transformer blocks of `base` in execution order (input, middle, output)."""
-    grouped: dict[tuple[str, int], list[int]] = {}
-    for index, slot in slot_for_layer(base).items():
-        grouped.setdefault((slot.block, slot.number), []).append(index)
-    order = {"input": 0, "middle": 1, "output": 2}
-    keys = sorted(grouped, key=lambda key: (order[key[0]], key[1]))
-    return tuple(Block(kind, number, tuple(grouped[(kind, number)])) for kind, number in keys)
+    """The weight-type blocks of `base` in execution order (UNet: input, middle, output; Flux: double blocks)."""
+    return tuple(Block(group.kind, group.number, group.layers) for group in layout.layer_groups(base))
 
 
-def block_multipliers(base: BaseModel, weight_type: str) -> tuple[tuple[float, ...], frozenset[int]]:
-    """Multiplier per block (execution order) and the inverted block positions."""
+def block_multipliers(base: BaseModel, weight_type: str,
+                      where: str = "weight_type") -> tuple[tuple[float, ...], frozenset[int]]:
+    """Multiplier per block (execution order) and the inverted block positions.
+
+    On a non-UNet family only `linear` is accepted: the other types are tables
+    and curves over UNet input/middle/output blocks, which a DiT does not have.
+    """
     found = blocks(base)
+    if FAMILY_OF_BASE[base] is not ModelFamily.UNET and weight_type != LINEAR:
+        raise ImagePromptError(
+            f"{where}: '{weight_type}' is built for the UNet's input/middle/output blocks (SD1.5, SDXL); a "
+            f"{base.value} adapter has {len(found)} {found[0].kind} blocks and none of those. Use 'linear' "
+            f"here, and give layer_weights ({len(found)} numbers, one per {found[0].kind} block) to weigh "
+            "blocks differently, or start/end percent to limit the steps."
+        )
     count = len(found)
     if weight_type == LINEAR:
         return (1.0,) * count, frozenset()
@@ -119,16 +137,17 @@ def block_multipliers(base: BaseModel, weight_type: str) -> tuple[tuple[float, .
     if weight_type in PRESETS:
         values, inverted = _PRESET_TABLES[base][weight_type]
         return tuple(float(v) for v in values), inverted
-    raise ImagePromptError(f"ApplyIPAdapter weight_type: unknown '{weight_type}'; choose one of {list(WEIGHT_TYPES)}.")
+    raise ImagePromptError(f"{where}: unknown '{weight_type}'; choose one of {list(WEIGHT_TYPES)}.")
 
 
-def layer_plan(base: BaseModel, weight_type: str, layer_weights: Sequence[float] | None = None) -> LayerPlan:
+def layer_plan(base: BaseModel, weight_type: str, layer_weights: Sequence[float] | None = None,
+               where: str = "weight_type") -> LayerPlan:
     """Expand a weight type (or an explicit per-layer list) to every checkpoint layer of `base`.
 
     An explicit list replaces the type's multipliers; the inverted layers of the
     "precise" types are kept, as in the reference.
     """
-    values, inverted_blocks = block_multipliers(base, weight_type)
+    values, inverted_blocks = block_multipliers(base, weight_type, where)
     found = blocks(base)
     multipliers = {layer: value for block, value in zip(found, values) for layer in block.layers}
     inverted = frozenset(layer for position in inverted_blocks for layer in found[position].layers)
@@ -139,27 +158,30 @@ def layer_plan(base: BaseModel, weight_type: str, layer_weights: Sequence[float]
 
 
 
-def parse_layer_weights(text: str | None, base: BaseModel, input_name: str = "layer_weights") -> tuple[float, ...] | None:
-    """'1, 0.5, 0, ...' -> one float per checkpoint layer of `base`; blank -> None.
+def parse_layer_weights(text: str | None, base: BaseModel, where: str = "layer_weights") -> tuple[float, ...] | None:
+    """'1, 0.5, 0, ...' -> one float per patched layer of `base`; blank -> None.
 
     Numbers are separated by commas, semicolons, spaces or new lines, in
-    checkpoint order (`ip_adapter.1`, `.3`, `.5`, ...): 16 for SD1.5, 70 for SDXL.
+    checkpoint order: `ip_adapter.1`, `.3`, `.5`, ... (16 for SD1.5, 70 for
+    SDXL), or double blocks 0..18 for Flux. `where` names the input in messages.
     """
     if text is None or not text.strip():
         return None
-    where = f"ApplyIPAdapter {input_name}"
-    count = len(slot_for_layer(base))
+    indices = layout.layer_indices(base)
+    count = len(indices)
+    what = "double block" if FAMILY_OF_BASE[base] is ModelFamily.FLUX else "cross-attention layer"
     if ":" in text:
         raise ImagePromptError(
             f"{where}: 'block:weight' pairs (the other IP-Adapter pack's syntax) are not read here; give "
-            f"{count} numbers, one per {base.value} cross-attention layer in checkpoint order, e.g. '1, 1, 0.5, ...'."
+            f"{count} numbers, one per {base.value} {what} in checkpoint order, e.g. '1, 1, 0.5, ...'."
         )
     values = parse_numbers(text, where, f"Give {count} numbers, one per layer, e.g. '1, 1, 0.5, ...'.")
     if len(values) != count:
+        order = ("ip_adapter.1, .3, ... ." + str(indices[-1]) if FAMILY_OF_BASE[base] is ModelFamily.UNET
+                 else f"double_blocks.0 ... .{indices[-1]}")
         raise ImagePromptError(
-            f"{where}: got {len(values)} numbers, but a {base.value} adapter has {count} cross-attention layers; "
-            f"give exactly {count} (checkpoint order ip_adapter.1, .3, ... .{2 * count - 1}), or leave it empty "
-            "to use weight_type."
+            f"{where}: got {len(values)} numbers, but a {base.value} adapter has {count} {what}s; "
+            f"give exactly {count} (checkpoint order {order}), or leave it empty to use weight_type."
         )
     return tuple(values)
 

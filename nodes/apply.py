@@ -21,6 +21,8 @@ from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 logger = logging.getLogger(__name__)
 
+NODE = "ApplyIPAdapter"
+
 
 class ApplyIPAdapter(io.ComfyNode):
     @classmethod
@@ -82,22 +84,22 @@ class ApplyIPAdapter(io.ComfyNode):
         _check_inputs(model, ip_adapter, image_prompt, weight, start_percent, end_percent)
         options = frame_options(model, weight, start_percent, end_percent, **frames)  # type: ignore[arg-type]
         base = ip_adapter.spec.base
-        plan = weighting.layer_plan(base, weight_type, weighting.parse_layer_weights(layer_weights, base))
-        mask = check_mask(attn_mask) if attn_mask is not None else None
+        explicit = weighting.parse_layer_weights(layer_weights, base, f"{NODE} layer_weights")
+        plan = weighting.layer_plan(base, weight_type, explicit, f"{NODE} weight_type")
+        mask = check_mask(attn_mask, f"{NODE} attn_mask") if attn_mask is not None else None
         if options.inactive or not plan.active():
             if not options.inactive:
                 logger.info("ApplyIPAdapter: every layer multiplier is 0; the model is returned unchanged.")
             return io.NodeOutput(model.clone())
-        window = comfy_bridge.sigma_window(model, start_percent, end_percent)
+        window = comfy_bridge.sigma_window(model, start_percent, end_percent, NODE)
         patched = model
-        for prompt, factor, region_mask in regional.parts(image_prompt, mask):
+        for prompt, factor, region_mask, where in regional.parts(image_prompt, mask):
             branch = ImageBranch(
                 adapter=ip_adapter.model, prompt=prompt, weight=options.weight * factor, window=window,
-                layer_weights=dict(plan.multipliers), models=(ip_adapter.patcher,),
-                embeds_scaling=_scaling(embeds_scaling), inverted=plan.inverted, mask=region_mask,
-                schedule=options.schedule, latent_weights=options.latent_weights,
+                plan=plan, models=(ip_adapter.patcher,), embeds_scaling=_scaling(embeds_scaling), mask=region_mask,
+                where=where, schedule=options.schedule, latent_weights=options.latent_weights,
             )
-            patched = comfy_bridge.patched_clone(patched, branch, ip_adapter.spec)
+            patched = comfy_bridge.patched_clone(patched, branch)
         return io.NodeOutput(patched if patched is not model else model.clone())
 
 
@@ -116,7 +118,7 @@ def _check_inputs(model: object, ip_adapter: LoadedAdapter, image_prompt: ImageP
             f"ApplyIPAdapter: the image prompt was encoded for a {image_prompt.spec.describe()} adapter, "
             f"but '{ip_adapter.name}' is {ip_adapter.spec.describe()}. Encode with the same adapter."
         )
-    comfy_bridge.check_model_fits(model, ip_adapter.spec, ip_adapter.name)
+    comfy_bridge.check_model_fits(model, ip_adapter.spec, ip_adapter.name, NODE)
 
 
 def _scaling(name: str) -> EmbedsScaling:

@@ -1,8 +1,10 @@
 """Every call into ComfyUI internals lives here, so the nodes stay declarative.
 
-ComfyUI-facing, not math: building the adapter's ModelPatcher, running the CLIP
-vision tower, listing the UNet's cross-attention slots, registering patches on
-a clone through `ModelPatcher.set_model_attn2_replace`.
+ComfyUI-facing, not math: building the adapter's (and the CLIP scorer's)
+ModelPatcher, devices and dtypes, running the CLIP vision tower, listing the
+points a model offers (UNet cross-attention slots, DiT blocks), and registering
+the family's patches on a clone through ModelPatcher's public setters
+(`set_model_attn2_replace`, `set_model_patch_replace(..., "dit", ...)`).
 """
 
 from __future__ import annotations
@@ -15,21 +17,41 @@ import comfy.model_patcher
 import torch
 from torch import Tensor
 
-from ..ip_adapter import layout
+from ..ip_adapter import families
 from ..ip_adapter.errors import ImagePromptError
-from ..ip_adapter.model import IPAdapterModel
-from ..ip_adapter.patch import ImageBranch, slot_patches
+from ..ip_adapter.families import Backends, HookPoint
+from ..ip_adapter.patch import ImageBranch
 from ..ip_adapter.spec import AdapterSpec, EncoderFeature
 from ..utils.images import shrink_for_encoder
 
 
-def adapter_patcher(model: IPAdapterModel) -> comfy.model_patcher.ModelPatcher:
-    """Wrap the adapter so ComfyUI loads it to the GPU and offloads it with the UNet."""
+def adapter_patcher(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """Wrap the adapter so ComfyUI loads it to the GPU and offloads it with the diffusion model."""
     return comfy.model_patcher.ModelPatcher(
         model,
         load_device=comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device(),
     )
+
+
+def text_encoder_patcher(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """Wrap a CLIP scorer so ComfyUI manages it like a text encoder (its device and offload device)."""
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.text_encoder_device(),
+        offload_device=comfy.model_management.text_encoder_offload_device(),
+    )
+
+
+def text_encoder_half_dtype() -> torch.dtype:
+    """fp16 where ComfyUI would run fp16 on the text-encoder device, else fp32 (the CPU)."""
+    device = comfy.model_management.text_encoder_device()
+    return torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32
+
+
+def load_to_device(patcher: comfy.model_patcher.ModelPatcher) -> None:
+    """Let ComfyUI load `patcher` to its device (freeing others as it sees fit)."""
+    comfy.model_management.load_model_gpu(patcher)
 
 
 def encode(clip_vision: Any, image: Tensor, feature: EncoderFeature, crop: bool) -> Tensor:
@@ -68,73 +90,89 @@ def encode_zero_pixels(clip_vision: Any, feature: EncoderFeature, count: int) ->
     return picked.expand(count, *picked.shape[1:])
 
 
+def black_image(size: int = 224) -> Tensor:
+    """An all-black IMAGE [1, size, size, 3] (the XLabs/diffusers Flux pipelines' default negative image)."""
+    return torch.zeros(1, size, size, 3, device=comfy.model_management.intermediate_device())
+
+
 def load_for_projection(patcher: comfy.model_patcher.ModelPatcher) -> None:
-    comfy.model_management.load_model_gpu(patcher)
+    load_to_device(patcher)
 
 
-def unet_slots(model: comfy.model_patcher.ModelPatcher) -> dict[layout.Slot, int]:
-    """Every cross-attention slot the UNet really has, with its attention width."""
-    unet = model.get_model_object("diffusion_model")
-    found: dict[layout.Slot, int] = {}
-    groups = (("input", getattr(unet, "input_blocks", [])),
-              ("middle", [getattr(unet, "middle_block", [])]),
-              ("output", getattr(unet, "output_blocks", [])))
+def model_points(model: comfy.model_patcher.ModelPatcher) -> dict[HookPoint, int]:
+    """Every point the diffusion model offers a patch (any family), with its attention width.
+
+    UNet: each `attn2` of a transformer block, keyed as `set_model_attn2_replace`
+    keys it. DiT: each `double_blocks[i]`, keyed as `patches_replace["dit"]`.
+    """
+    net = model.get_model_object("diffusion_model")
+    found: dict[HookPoint, int] = {}
+    groups = (("input", getattr(net, "input_blocks", [])),
+              ("middle", [getattr(net, "middle_block", [])]),
+              ("output", getattr(net, "output_blocks", [])))
     for block, sequence in groups:
         for number, stage in enumerate(sequence):
             for module in stage:
                 for index, transformer in enumerate(getattr(module, "transformer_blocks", [])):
                     attn2 = getattr(transformer, "attn2", None)
                     if attn2 is not None:
-                        found[layout.Slot(block, number, index)] = attn2.to_q.weight.shape[0]
+                        key = (block, number, index)
+                        found[HookPoint("attn2", key, (key, key[:2]))] = attn2.to_q.weight.shape[0]
+    for index, block in enumerate(getattr(net, "double_blocks", [])):
+        if getattr(block, "flipped_img_txt", False):
+            continue  # image tokens first in the joint attention: not the layout the Flux patch reads
+        key = ("double_block", index)
+        found[HookPoint("dit", key, (key,))] = int(block.hidden_size)
     return found
 
 
-def check_model_fits(model: comfy.model_patcher.ModelPatcher, spec: AdapterSpec, adapter_name: str) -> None:
-    """Refuse an adapter whose layers do not match the UNet (SD1.5 vs SDXL, or another architecture)."""
-    available = unet_slots(model)
-    wanted = layout.slot_for_layer(spec.base)
-    if len(available) != len(wanted) or any(slot not in available for slot in wanted.values()):
-        looks_like = {16: "SD1.5", 70: "SDXL"}.get(len(available), "another architecture")
-        raise ImagePromptError(
-            f"ApplyIPAdapter: '{adapter_name}' is a {spec.base.value} adapter ({len(wanted)} cross-attention "
-            f"layers at the {spec.base.value} positions), but the model has {len(available)} cross-attention "
-            f"layers (looks like {looks_like}). Load a {spec.base.value} checkpoint, or pick an adapter made "
-            "for this model."
-        )
-    for (index, slot), width in zip(wanted.items(), spec.layer_widths):
-        if available[slot] != width:
-            raise ImagePromptError(
-                f"ApplyIPAdapter: '{adapter_name}' layer {index} is {width} wide but the model's "
-                f"{tuple(slot)} attention is {available[slot]} wide; this adapter is for another model."
-            )
+def check_model_fits(model: comfy.model_patcher.ModelPatcher, spec: AdapterSpec, adapter_name: str,
+                     where: str) -> None:
+    """Refuse an adapter whose family, layers or widths do not match the model, naming both."""
+    found = model_points(model)
+    families.check_points(families.injection_for(spec), spec, found, adapter_name, families.describe_model(found),
+                          where)
 
 
-def sigma_window(model: comfy.model_patcher.ModelPatcher, start: float, end: float) -> tuple[float, float] | None:
+def sigma_window(model: comfy.model_patcher.ModelPatcher, start: float, end: float,
+                 where: str = "ApplyIPAdapter") -> tuple[float, float] | None:
     """Convert schedule fractions to (sigma_start, sigma_end) as ControlNetApplyAdvanced does."""
     for name, value in (("start_percent", start), ("end_percent", end)):
         if not 0.0 <= value <= 1.0:  # also catches NaN, which ComfyUI's min/max validation lets through
-            raise ImagePromptError(f"ApplyIPAdapter: {name} is {value}; give a number between 0 and 1.")
+            raise ImagePromptError(f"{where}: {name} is {value}; give a number between 0 and 1.")
     if start <= 0.0 and end >= 1.0:
         return None
     sampling = model.get_model_object("model_sampling")
     return float(sampling.percent_to_sigma(start)), float(sampling.percent_to_sigma(end))
 
 
-def patched_clone(model: comfy.model_patcher.ModelPatcher, branch: ImageBranch, spec: AdapterSpec) -> Any:
-    """Clone `model` and register one attn2 replace per slot, composing with what is there."""
-    clone = model.clone()
-    current = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+#: The key our wrappers are registered under (`ModelPatcher.add_wrapper_with_key`).
+WRAPPER_KEY = "ip_adapter_tested"
 
-    def existing(slot: layout.Slot) -> Any:
-        for key in layout.comfy_keys(slot):
+
+def patched_clone(model: comfy.model_patcher.ModelPatcher, branch: ImageBranch) -> Any:
+    """Clone `model` and register the family's patch at each point, wrapping what is there.
+
+    `set_model_patch_replace(patch, hook, *key)` is the setter behind
+    `set_model_attn2_replace`; it copies the options dicts, so the input model's
+    options are never touched.
+    """
+    clone = model.clone()
+    replaces = clone.model_options.get("transformer_options", {}).get("patches_replace", {})
+
+    def existing(point: HookPoint) -> Any:
+        current = replaces.get(point.hook, {})
+        for key in point.lookup:
             if key in current:
                 return current[key]
         return None
 
-    patches = slot_patches(branch, layout.slot_for_layer(spec.base), existing, attention_backend(),
-                           image_attention_backend())
-    for slot, patch in patches:
-        clone.set_model_attn2_replace(patch, slot.block, slot.number, slot.transformer_index)
+    injection = families.injection_for(branch.adapter.spec)
+    backends = Backends(attention_backend(), image_attention_backend())
+    for point, patch in families.make_patches(injection, branch, existing, backends):
+        clone.set_model_patch_replace(patch, point.hook, *point.key)
+    for kind, wrapper in injection.wrappers(branch):
+        clone.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     return clone
 
 

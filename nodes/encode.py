@@ -5,34 +5,12 @@ from __future__ import annotations
 from comfy_api.latest import io
 from torch import Tensor
 
-from ..ip_adapter.combine import COMBINE_MODES, CombineMode
+from ..ip_adapter.combine import CombineMode
 from ..utils.images import FIT_MODES
 from ..utils.tiling import CROP_POSITIONS
+from .prompt_assembly import combine_inputs
 from .reference_encoding import DEFAULT_CHUNK, encode_references
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
-
-#: Tooltips of the inputs `combine_inputs` makes.
-COMBINE_TOOLTIP = (
-    "How several reference images (a batch) become one prompt. concat: each image's tokens side by side "
-    "(default). one per latent: image i conditions latent i only (frames, seeds; a batch of 1 serves all). "
-    "add: sum. subtract: the first image minus the average of the others. average: mean. "
-    "norm average: mean of the images each divided by the images' joint norm (per element). All but concat "
-    "combine the CLIP features before the adapter's projection, as ComfyUI_IPAdapter_plus does; several "
-    "negative images are then averaged."
-)
-WEIGHTS_TOOLTIP = (
-    "Optional weight per reference image, in batch order, separated by commas: e.g. '1.0, 0.5' for two "
-    "images. Each image's CLIP features are multiplied by its weight before combining. Empty: all 1."
-)
-
-
-def combine_inputs() -> list:
-    """combine_embeds and image_weights, the inputs EncodeImagePrompt and ImagePromptFromCLIPVision share."""
-    return [
-        io.Combo.Input("combine_embeds", options=list(COMBINE_MODES), default=CombineMode.CONCAT.value,
-                       optional=True, tooltip=COMBINE_TOOLTIP),
-        io.String.Input("image_weights", default="", optional=True, tooltip=WEIGHTS_TOOLTIP),
-    ]
 
 
 class EncodeImagePrompt(io.ComfyNode):

@@ -14,8 +14,7 @@ from comfy_api.latest import io
 
 from ..ip_adapter.combine import CombineMode, parse_image_weights
 from . import comfy_bridge
-from .encode import combine_inputs
-from .prompt_assembly import check_feature_width, project_prompt, unconditional_features
+from .prompt_assembly import check_feature_width, combine_inputs, project_prompt, unconditional_features
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 NODE = "ImagePromptFromCLIPVision"

@@ -7,7 +7,7 @@ import logging
 import folder_paths
 from comfy_api.latest import io
 
-from ..ip_adapter.model import IPAdapterModel
+from ..ip_adapter.loading import load_adapter
 from ..utils.model_folders import IPADAPTER_FOLDER
 from .comfy_bridge import adapter_patcher
 from .types import IPAdapterSocket, LoadedAdapter
@@ -34,6 +34,6 @@ class LoadIPAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(IPADAPTER_FOLDER, adapter_name)
-        model = IPAdapterModel.from_file(path)
+        model = load_adapter(path)
         logger.info("Loaded IP-Adapter %s: %s", adapter_name, model.spec.describe())
         return io.NodeOutput(LoadedAdapter(model=model, patcher=adapter_patcher(model), name=adapter_name))

@@ -32,15 +32,16 @@ def masked(conditioning: list | None, mask: Tensor, strength: float) -> tuple[An
         conditioning, {"mask": mask, "set_area_to_bounds": False, "mask_strength": strength}))
 
 
-def parts(image_prompt: ImagePrompt | RegionalPrompt, attn_mask: Tensor | None) -> list[tuple[ImagePrompt, float,
-                                                                                              Tensor | None]]:
-    """(prompt, weight factor, mask) per image term Apply IP-Adapter adds: one for a prompt, one per region."""
+def parts(image_prompt: ImagePrompt | RegionalPrompt,
+          attn_mask: Tensor | None) -> list[tuple[ImagePrompt, float, Tensor | None, str]]:
+    """(prompt, weight factor, mask, mask's input name) per image term Apply IP-Adapter adds: one, or one per region."""
     if not isinstance(image_prompt, RegionalPrompt):
-        return [(image_prompt, 1.0, attn_mask)]
+        return [(image_prompt, 1.0, attn_mask, "ApplyIPAdapter attn_mask")]
     if attn_mask is not None:
         raise ImagePromptError("ApplyIPAdapter: 'attn_mask' is connected, but the image prompt is a chain of "
                                "IP-Adapter Region nodes, which carry their own masks; disconnect attn_mask.")
-    return [(region.prompt, region.weight, region.mask) for region in image_prompt.regions if region.weight != 0.0]
+    return [(region.prompt, region.weight, region.mask, f"{NODE} mask (region {index})")
+            for index, region in enumerate(image_prompt.regions, start=1) if region.weight != 0.0]
 
 
 class IPAdapterRegion(io.ComfyNode):
@@ -83,7 +84,7 @@ class IPAdapterRegion(io.ComfyNode):
         if previous is not None and not isinstance(previous, RegionalPrompt):
             raise ImagePromptError(f"{NODE}: 'previous' must be the 'regions' output of another IP-Adapter Region "
                                    "node, not an image prompt; connect the image prompt to 'image_prompt'.")
-        mask = check_mask(mask, "mask").clamp(0.0, 1.0)
+        mask = check_mask(mask, f"{NODE} mask").clamp(0.0, 1.0)
         region = Region(prompt=image_prompt, weight=float(weight), mask=mask)
         text = masked(positive, mask, text_strength), masked(negative, mask, text_strength)
         chain = previous.then(region, *text) if previous is not None else RegionalPrompt((region,), *text)

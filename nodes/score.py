@@ -14,8 +14,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import comfy.model_management
-import comfy.model_patcher
 import folder_paths
 import numpy as np
 import torch
@@ -27,6 +25,7 @@ from ..ip_adapter.scoring.report import Row, format_table, plot_scores, to_dict
 from ..ip_adapter.scoring.scorer import ACTIVATIONS, CLIPScorer, load_scorer
 from ..utils.images import check_image_batch
 from ..utils.model_folders import CLIP_SCORING_FOLDER
+from . import comfy_bridge
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +49,7 @@ def _dtype(precision: str) -> torch.dtype:
     """"auto": fp16 where ComfyUI would run fp16 on the text-encoder device, else fp32 (CPU)."""
     if precision != "auto":
         return _DTYPES[precision]
-    device = comfy.model_management.text_encoder_device()
-    return torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32
+    return comfy_bridge.text_encoder_half_dtype()
 
 
 def _image(image: Tensor | None, what: str) -> Tensor:
@@ -87,11 +85,7 @@ class LoadCLIPScorer(io.ComfyNode):
     def execute(cls, model_name: str, activation: str, precision: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(CLIP_SCORING_FOLDER, model_name)
         scorer = load_scorer(path, activation=activation, dtype=_dtype(precision))
-        patcher = comfy.model_patcher.ModelPatcher(
-            scorer.model,
-            load_device=comfy.model_management.text_encoder_device(),
-            offload_device=comfy.model_management.text_encoder_offload_device(),
-        )
+        patcher = comfy_bridge.text_encoder_patcher(scorer.model)
         logger.info("Loaded CLIP scorer %s: %s", model_name, scorer.describe())
         return io.NodeOutput(LoadedScorer(scorer=scorer, patcher=patcher, name=model_name))
 
@@ -135,7 +129,7 @@ class ScoreImagePrompt(io.ComfyNode):
         if pairing == PAIRINGS[1] and reference.shape[0] not in (1, images.shape[0]):
             raise ValueError(f"ScoreImagePrompt: 'one to one' pairing needs 1 reference or one per image; got "
                              f"{reference.shape[0]} references for {images.shape[0]} images.")
-        comfy.model_management.load_model_gpu(clip_scorer.patcher)
+        comfy_bridge.load_to_device(clip_scorer.patcher)
         scores = clip_scorer.scorer.score(images, reference, text or "", pairing)
         clip_t = scores.clip_t.tolist() if scores.clip_t is not None else [None] * len(scores.clip_i)
         rows = [Row(label=str(i + 1), clip_i=ci, clip_t=ct) for i, (ci, ct) in enumerate(zip(scores.clip_i.tolist(),

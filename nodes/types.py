@@ -12,7 +12,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..ip_adapter.model import IPAdapterModel
+from ..ip_adapter.patch import AdapterModule
 from ..ip_adapter.spec import AdapterSpec
 
 IPAdapterSocket = io.Custom("IP_ADAPTER_CHECKPOINT")
@@ -23,7 +23,7 @@ ImagePromptSocket = io.Custom("IP_ADAPTER_IMAGE_PROMPT")
 class LoadedAdapter:
     """A loaded checkpoint: the module, what it is, and the ModelPatcher that owns its weights."""
 
-    model: IPAdapterModel
+    model: AdapterModule  # the family's module (IPAdapterModel for UNets)
     patcher: Any  # comfy.model_patcher.ModelPatcher
     name: str
 

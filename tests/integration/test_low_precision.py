@@ -74,7 +74,7 @@ def test_low_precision_unet_keeps_its_dtype_and_stays_close_to_fp32(comfy, adapt
     assert seen["to_out_input"] == {dtype}  # what every patched layer returns keeps the dtype
     patches = seen["patched"].model_options["transformer_options"]["patches_replace"]["attn2"].values()
     for patch in patches:
-        cached = patch.branch._kv
+        cached = patch.branch.cache.kv
         assert [key[1] for key in cached] == [dtype]  # projected once, stored in the UNet's dtype only
         assert all(t.dtype == dtype for layer in cached.values() for kv in layer.values() for t in kv)
 

@@ -60,7 +60,7 @@ def _pointers(module: torch.nn.Module) -> set[int]:
 
 
 def _kv_pointers(patches) -> set[int]:
-    return {t.data_ptr() for p in patches for layer in p.branch._kv.values() for kv in layer.values() for t in kv}
+    return {t.data_ptr() for p in patches for layer in p.branch.cache.kv.values() for kv in layer.values() for t in kv}
 
 
 def _loaded(mm) -> list:

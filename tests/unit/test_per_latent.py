@@ -8,8 +8,9 @@ import pytest
 import torch
 from ipadapter_pack.ip_adapter.attention import sdpa_attention
 from ipadapter_pack.ip_adapter.errors import ImagePromptError
+from ipadapter_pack.ip_adapter.families.unet import SlotPatch
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
-from ipadapter_pack.ip_adapter.patch import ImageBranch, SlotPatch
+from ipadapter_pack.ip_adapter.patch import ImageBranch
 from ipadapter_pack.ip_adapter.per_latent import latent_indices, parse_latent_weights
 from ipadapter_pack.ip_adapter.prompt import ImagePrompt
 from support.patch_inputs import LAYER, options_for, prompt_for, qkv, small_sd15_adapter

@@ -7,12 +7,10 @@ import copy
 import pytest
 import torch
 from ipadapter_pack.ip_adapter.attention import sdpa_attention
+from ipadapter_pack.ip_adapter.families.unet import SlotPatch, slot_patches
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
-from ipadapter_pack.ip_adapter.patch import (
-    ImageBranch,
-    SlotPatch,
-    slot_patches,
-)
+from ipadapter_pack.ip_adapter.patch import ImageBranch
+from ipadapter_pack.ip_adapter.weighting import LayerPlan
 from support.patch_inputs import (
     HEADS,
     LAYER,
@@ -136,17 +134,33 @@ def test_to_forwards_to_the_wrapped_patch_and_models_include_it(adapter) -> None
     assert patch.models() == ["ours", "foreign"]
 
 
+def test_to_returns_a_new_patch_when_the_wrapped_one_moves_and_leaves_the_shared_one_alone(adapter) -> None:
+    class Moving:
+        def __call__(self, q, k, v, extra_options):
+            return sdpa_attention(q, k, v, extra_options["n_heads"])
+
+        def to(self, x):
+            return Moving()  # a new object, as a patch that copies its weights would return
+
+    foreign = Moving()
+    patch = SlotPatch(ImageBranch(adapter, prompt_for(adapter, 1), 1.0), LAYER, sdpa_attention, previous=foreign)
+    moved = patch.to(torch.float16)
+    assert moved is not patch and patch.previous is foreign  # the patch clones share is unchanged
+    assert isinstance(moved.previous, Moving) and moved.previous is not foreign
+    assert moved.branch is patch.branch and moved.weight == patch.weight
+
+
 def test_moving_away_frees_cached_kv_on_other_devices(adapter) -> None:
     branch = ImageBranch(adapter, prompt_for(adapter, 1), 1.0)
     branch.kv(LAYER, torch.device("cpu"), torch.float32)
     branch.release_except(torch.device("cpu"))
-    assert branch._kv
+    assert branch.cache.kv
     branch.release_except(torch.device("meta"))
-    assert not branch._kv
+    assert not branch.cache.kv
 
 
 def test_zero_weight_layers_get_no_patch(adapter) -> None:
-    branch = ImageBranch(adapter, prompt_for(adapter, 1), 1.0, layer_weights={1: 0.0, 3: 0.0})
+    branch = ImageBranch(adapter, prompt_for(adapter, 1), 1.0, plan=LayerPlan({1: 0.0, 3: 0.0}))
     made = slot_patches(branch, {1: "a", 3: "b", 5: "c"}, lambda slot: None, sdpa_attention)
     assert [slot for slot, _ in made] == ["c"]
 

@@ -10,13 +10,10 @@ from ipadapter_pack.ip_adapter.attention import (
     schedule_gate,
     sdpa_attention,
 )
+from ipadapter_pack.ip_adapter.families.unet import SlotPatch, slot_patches
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
-from ipadapter_pack.ip_adapter.patch import (
-    ImageBranch,
-    SlotPatch,
-    StepGate,
-    slot_patches,
-)
+from ipadapter_pack.ip_adapter.patch import ImageBranch, StepGate
+from ipadapter_pack.ip_adapter.weighting import LayerPlan
 from support.patch_inputs import (
     HEADS,
     LAYER,
@@ -53,7 +50,7 @@ def test_image_rows_are_reused_across_steps_and_per_layout(adapter) -> None:
         patch(q, k, v, options_for([1, 0], [1.0, 1.0]))
     assert branch.rows(LAYER, [0], 2, q.device, q.dtype)[1] is cond_only[1]
     assert branch.rows(LAYER, [1, 0], 2, q.device, q.dtype)[1] is first[1]
-    assert len(branch._rows.held_layouts()) == 3
+    assert len(branch.cache.rows.held_layouts()) == 3
 
 
 def test_v_only_folds_the_weight_into_v_and_matches_weighting_the_output(adapter) -> None:
@@ -195,7 +192,7 @@ def test_scaling_modes_differ_from_each_other(adapter) -> None:
 
 def test_an_inverted_layer_gives_cond_rows_nothing_and_uncond_rows_the_reference(adapter) -> None:
     prompt = prompt_for(adapter, 1)
-    branch = ImageBranch(adapter, prompt, 0.8, inverted=frozenset({LAYER}))
+    branch = ImageBranch(adapter, prompt, 0.8, plan=LayerPlan(inverted=frozenset({LAYER})))
     q, k, v = qkv(4)  # [1, 0]: rows 0-1 uncond, rows 2-3 cond
     with torch.no_grad():
         out = SlotPatch(branch, LAYER, sdpa_attention)(q, k, v, options_for([1, 0], [1.0]))
@@ -255,7 +252,7 @@ def test_the_whole_patch_runs_without_reading_the_device_back(adapter, dtype) ->
     mask = torch.zeros(1, 8, 8)
     mask[..., :4] = 1
     branch = ImageBranch(adapter, prompt_for(adapter, 1), 0.7, window=(10.0, 2.0), mask=mask,
-                         inverted=frozenset({LAYER}))
+                         plan=LayerPlan(inverted=frozenset({LAYER})))
     patch = SlotPatch(branch, LAYER, sdpa_attention)
     meta = torch.device("meta")
     q, k, v = (t.to(device=meta, dtype=dtype) for t in qkv(2))
@@ -265,9 +262,9 @@ def test_the_whole_patch_runs_without_reading_the_device_back(adapter, dtype) ->
                        "sigmas": torch.tensor([sigma], device=meta)}
             out = patch(q, k, v, options)
             assert out.device == meta and out.dtype == dtype and out.shape == q.shape
-    assert {layout[2] for layout in branch._rows.held_layouts()} == {meta}
+    assert {layout[2] for layout in branch.cache.rows.held_layouts()} == {meta}
 
 
 def test_the_layer_weight_is_fixed_when_the_patch_is_made(adapter) -> None:
-    branch = ImageBranch(adapter, prompt_for(adapter, 1), 0.5, layer_weights={LAYER: 0.4})
+    branch = ImageBranch(adapter, prompt_for(adapter, 1), 0.5, plan=LayerPlan({LAYER: 0.4}))
     assert SlotPatch(branch, LAYER, sdpa_attention).weight == pytest.approx(0.2)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from ipadapter_pack.ip_adapter.attention import sdpa_attention
 from ipadapter_pack.ip_adapter.errors import ImagePromptError
+from ipadapter_pack.ip_adapter.families.unet import SlotPatch
 from ipadapter_pack.ip_adapter.model import IPAdapterModel
-from ipadapter_pack.ip_adapter.patch import ImageBranch, SlotPatch
+from ipadapter_pack.ip_adapter.patch import ImageBranch
 from ipadapter_pack.ip_adapter.step_schedule import (
     CURVES,
     build_schedule,

@@ -89,7 +89,7 @@ def test_schedule_shapes_follow_the_reference_formulas() -> None:
 @pytest.mark.parametrize("weight_type,weak", [("weak input", {"input"}), ("weak output", {"output"}),
                                               ("weak middle", {"middle"}), ("strong middle", {"input", "output"})])
 def test_block_kind_types_scale_whole_block_kinds(weight_type, weak) -> None:
-    for base in BaseModel:
+    for base in (SD15, SDXL):
         plan = weighting.layer_plan(base, weight_type)
         for index, slot in slot_for_layer(base).items():
             assert plan.multipliers[index] == (0.2 if slot.block in weak else 1.0)
@@ -126,7 +126,23 @@ def test_unknown_type_is_refused_by_name() -> None:
         weighting.layer_plan(SD15, "style")
 
 
-@pytest.mark.parametrize("base", list(BaseModel))
+@pytest.mark.parametrize("base", [SD15, SDXL])
 def test_readme_documents_exactly_these_tables(base) -> None:
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert weighting.markdown_table(base) in readme, f"README's {base.value} weight-type table is out of date"
+
+
+def test_flux_takes_linear_and_one_multiplier_per_double_block() -> None:
+    flux = BaseModel.FLUX
+    assert weighting.layer_plan(flux, "linear").multipliers == {i: 1.0 for i in range(19)}
+    values = weighting.parse_layer_weights(", ".join(["0"] * 18 + ["0.5"]), flux, "ApplyIPAdapter layer_weights")
+    assert weighting.layer_plan(flux, "linear", values).active() == (18,)
+    with pytest.raises(ImagePromptError, match=r"ApplyIPAdapter layer_weights: got 16 numbers.* 19 double blocks"):
+        weighting.parse_layer_weights(", ".join(["1"] * 16), flux, "ApplyIPAdapter layer_weights")
+
+
+@pytest.mark.parametrize("weight_type", [t for t in weighting.WEIGHT_TYPES if t != "linear"])
+def test_unet_weight_types_are_refused_on_flux_saying_what_to_use(weight_type) -> None:
+    with pytest.raises(ImagePromptError, match=rf"ApplyIPAdapter weight_type: '{weight_type}' is built for the UNet.*"
+                                               r"Use 'linear'.*layer_weights \(19 numbers"):
+        weighting.layer_plan(BaseModel.FLUX, weight_type, where="ApplyIPAdapter weight_type")
