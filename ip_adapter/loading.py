@@ -16,6 +16,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from .errors import AdapterFormatError
+from .families import flux_format
 from .model import IPAdapterModel
 from .patch import AdapterModule
 from .state_dict import read_file
@@ -34,6 +35,8 @@ def _claims_unet(sd: Mapping[str, Tensor]) -> bool:
 
 
 FORMATS: tuple[AdapterFormat, ...] = (
+    AdapterFormat("XLabs Flux IP-Adapter v1/v2 (ip_adapter_proj_model.*, double_blocks.N.processor.*)",
+                  flux_format.claims, flux_format.XLabsFluxAdapter.from_state_dict),
     AdapterFormat("IP-Adapter for SD1.5/SDXL (image_proj.*, ip_adapter.*)", _claims_unet,
                   IPAdapterModel.from_state_dict),
 )

@@ -3,6 +3,7 @@
 | family | module | ComfyUI hook | adapters |
 |---|---|---|---|
 | UNet (SD1.5, SDXL) | `unet` | attn2 replace per cross-attention layer | tencent-ailab IP-Adapter |
+| Flux (dev, schnell) | `flux`, `flux_format` | `patches_replace["dit"]` per double block | XLabs flux-ip-adapter v1, v2 |
 
 `injection_for(spec)` is the only entry point the ComfyUI glue uses; a new
 family adds a module and one row in `_INJECTIONS`.
@@ -13,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..spec import AdapterSpec, ModelFamily
+from .flux import FLUX
 from .seam import Backends, FamilyInjection, HookPoint, check_points, make_patches
 from .unet import UNET
 
 _INJECTIONS: dict[ModelFamily, FamilyInjection] = {
     ModelFamily.UNET: UNET,
+    ModelFamily.FLUX: FLUX,
 }
 
 
