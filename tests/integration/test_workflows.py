@@ -31,7 +31,7 @@ UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
     "sd15_image_prompt", "sdxl_image_prompt", "sd15_plus_image_text", "sd15_image_prompt_controlnet",
     "sd15_img2img_image_prompt", "sd15_two_adapters", "sd15_inpaint_image_prompt", "sd15_regional_masks",
-    "sdxl_style_transfer", "sd15_per_latent_batch", "sd15_non_square_reference",
+    "sdxl_style_transfer", "flux_image_prompt", "sd15_per_latent_batch", "sd15_non_square_reference",
 }
 #: comfy_extras modules whose nodes the workflows use (not registered by ``nodes.py`` itself).
 EXTRAS = ["nodes_canny.py", "nodes_mask.py"]
@@ -41,15 +41,21 @@ EXTRAS = ["nodes_canny.py", "nodes_mask.py"]
 #: lllyasviel/ControlNet-v1-1, laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
 PUBLISHED = {
     "checkpoints": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"},
+    # Flux (black-forest-labs/FLUX.1-dev, comfyanonymous/flux_text_encoders, XLabs-AI/flux-ip-adapter; OpenAI's
+    # clip-vit-large-patch14 model.safetensors under a descriptive name).
+    "diffusion_models": {"flux1-dev.safetensors"},
+    "text_encoders": {"clip_l.safetensors", "t5xxl_fp16.safetensors"},
+    "vae": {"ae.safetensors"},
     "clip_vision": {
         "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
+        "clip-vit-large-patch14.safetensors",
     },
     "ipadapter": {
         "ip-adapter_sd15.safetensors", "ip-adapter_sd15_light.safetensors", "ip-adapter_sd15_vit-G.safetensors",
         "ip-adapter-plus_sd15.safetensors", "ip-adapter-plus-face_sd15.safetensors",
         "ip-adapter-full-face_sd15.safetensors", "ip-adapter_sdxl.safetensors",
         "ip-adapter_sdxl_vit-h.safetensors", "ip-adapter-plus_sdxl_vit-h.safetensors",
-        "ip-adapter-plus-face_sdxl_vit-h.safetensors",
+        "ip-adapter-plus-face_sdxl_vit-h.safetensors", "flux-ip-adapter.safetensors",
     },
     "controlnet": {"control_v11p_sd15_canny.safetensors"},
 }
@@ -196,10 +202,11 @@ def test_api_twin_is_the_same_graph(comfy_nodes, path: Path) -> None:
 def test_api_twin_passes_comfyui_validation(comfy_nodes, model_dirs, tmp_path, path: Path) -> None:
     prompt = wf.load(wf.api_twin(path))
     fp = comfy_nodes.folder_paths
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    fp.add_model_folder_path("checkpoints", str(checkpoints), is_default=True)
-    folders = {**model_dirs, "checkpoints": checkpoints}
+    extra = {name: tmp_path / name for name in ("checkpoints", "diffusion_models", "text_encoders", "vae")}
+    for name, folder in extra.items():
+        folder.mkdir()
+        fp.add_model_folder_path(name, str(folder), is_default=True)
+    folders = {**model_dirs, **extra}
     try:
         for node in prompt.values():
             for name, value in node["inputs"].items():
@@ -213,8 +220,9 @@ def test_api_twin_passes_comfyui_validation(comfy_nodes, model_dirs, tmp_path, p
         save_nodes = {k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
         assert save_nodes and save_nodes <= set(outputs)
     finally:
-        fp.folder_names_and_paths["checkpoints"][0].remove(str(checkpoints))
-        fp.filename_list_cache.pop("checkpoints", None)
+        for name, folder in extra.items():
+            fp.folder_names_and_paths[name][0].remove(str(folder))
+            fp.filename_list_cache.pop(name, None)
 
 
 def test_comfyui_lists_the_workflows_as_templates(comfy_nodes, tmp_path) -> None:

@@ -35,6 +35,10 @@ MODEL_FILE_WIDGETS = {
     "clip_name": "clip_vision",
     "adapter_name": "ipadapter",
     "control_net_name": "controlnet",
+    "unet_name": "diffusion_models",
+    "clip_name1": "text_encoders",
+    "clip_name2": "text_encoders",
+    "vae_name": "vae",
 }
 
 
