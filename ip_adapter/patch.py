@@ -75,6 +75,7 @@ class BranchCache:
         gate: the last step's schedule decision ("last" -> (sigmas, layout, StepGate)).
         masks: the mask on each token grid, per layout (None without a mask).
         factors: per-latent weights as a factor on the q rows, per layout (`per_latent`).
+        window_kv: K/V of a context window's prompt rows only, for the last few windows.
     """
 
     def __init__(self, mask: Tensor | None = None, where: str = "attn_mask") -> None:
@@ -83,6 +84,7 @@ class BranchCache:
         self.gate: dict[str, tuple[Tensor, tuple, StepGate]] = {}
         self.masks = MaskCache(mask, where) if mask is not None else None
         self.factors: LayoutCache[Tensor] = LayoutCache()
+        self.window_kv: LayoutCache[dict[int, tuple[Tensor, Tensor, Tensor, Tensor]]] = LayoutCache()
 
     def release_except(self, device: torch.device) -> None:
         """Drop what lives on other devices (called when ComfyUI moves the patch)."""
@@ -91,6 +93,7 @@ class BranchCache:
         self.rows.drop(lambda layout: not same_device(layout[2], device))
         self.gate.clear()
         self.factors.drop(lambda layout: not same_device(layout[2], device))
+        self.window_kv.drop(lambda layout: not same_device(layout[0], device))
         if self.masks is not None:
             self.masks.release_except(device)
 
@@ -138,15 +141,27 @@ class ImageBranch:
     def layer_weight(self, index: int) -> float:
         return self.weight * self.plan.multiplier(index)
 
-    def kv(self, index: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(k_cond, v_cond, k_uncond, v_uncond) of layer `index`, projected once per device/dtype."""
+    def kv(self, index: int, device: torch.device, dtype: torch.dtype,
+           frames: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(k_cond, v_cond, k_uncond, v_uncond) of layer `index`, projected once per device/dtype.
+
+        `frames` (a context window's prompt rows): only those rows are projected, and kept for a few
+        windows (`LayoutCache`), so K/V memory follows the window, not the whole batch of references.
+        """
+        if frames is not None:
+            return self.cache.window_kv.get((device, dtype, frames), 0, lambda: self._project(
+                pick(self.prompt.cond, frames), pick(self.prompt.uncond, frames), device, dtype))[index]
         key = (device, dtype)
         cached = self.cache.kv
         if key not in cached:
-            cond = self.adapter.image_kv(self.prompt.cond, device, dtype)
-            uncond = self.adapter.image_kv(self.prompt.uncond, device, dtype)
-            cached[key] = {i: (*cond[i], *uncond[i]) for i in cond}
+            cached[key] = self._project(self.prompt.cond, self.prompt.uncond, device, dtype)
         return cached[key][index]
+
+    def _project(self, cond_tokens: Tensor, uncond_tokens: Tensor, device: torch.device,
+                 dtype: torch.dtype) -> dict[int, tuple[Tensor, Tensor, Tensor, Tensor]]:
+        cond = self.adapter.image_kv(cond_tokens, device, dtype)
+        uncond = self.adapter.image_kv(uncond_tokens, device, dtype)
+        return {i: (*cond[i], *uncond[i]) for i in cond}
 
     def frames(self, batch: int, extra_options: dict) -> tuple[int, ...] | None:
         """The prompt rows of this call's latents when the prompt holds one reference per latent (`per_latent`)."""
@@ -167,7 +182,7 @@ class ImageBranch:
 
     def _build_rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
                     dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
-        k_cond, v_cond, k_uncond, v_uncond = (pick(t, frames) for t in self.kv(index, device, dtype))
+        k_cond, v_cond, k_uncond, v_uncond = self.kv(index, device, dtype, frames)
         if index in self.plan.inverted:  # projection of zero tokens is zero: the adapter's K/V have no bias
             k_uncond, v_uncond = k_cond, v_cond
             k_cond, v_cond = torch.zeros_like(k_cond), torch.zeros_like(v_cond)

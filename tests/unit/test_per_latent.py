@@ -100,3 +100,17 @@ def test_latent_weights_come_from_text_or_a_float_list() -> None:
         parse_latent_weights(None, [1.0, "a"])
     with pytest.raises(ImagePromptError, match="item 1 'x'"):
         parse_latent_weights("x")
+
+
+def test_a_window_projects_only_its_frames_references(adapter) -> None:
+    """K/V memory follows the window: the other frames' references are never projected."""
+    branch = ImageBranch(adapter, stacked(adapter, [1, 2, 3, 4, 5, 6]), 1.0)
+    q, k, v = qkv(4)
+    window = SimpleNamespace(index_list=[2, 3], dim=0, total_frames=6)
+    with torch.no_grad():
+        SlotPatch(branch, LAYER, sdpa_attention)(q, k, v, {**options_for([1, 0], [1.0, 1.0]), "context_window": window})
+    assert branch.cache.kv == {}
+    (layout,) = branch.cache.window_kv.held_layouts()
+    assert layout[2] == (2, 3)
+    k_cond = branch.kv(LAYER, torch.device("cpu"), torch.float32, (2, 3))[0]
+    assert k_cond.shape[0] == 2
