@@ -223,8 +223,8 @@ class ImageBranch:
         assert self.mask is not None
         return latent_indices(self.mask.shape[0], batch, extra_options, "masks (one per latent)")
 
-    def mask_grid(self, latent_shape: Sequence[int], tokens: int, chunks: int, batch: int, device: torch.device,
-                  dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> Tensor:
+    def mask_grid(self, latent_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int,
+                  device: torch.device, dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> Tensor:
         """The mask resized to the token grid of a latent of `latent_shape`, [chunks * batch, tokens, 1].
 
         With several masks, a context window picks the masks of its frames (`frames`, see `per_latent`).

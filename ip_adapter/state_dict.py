@@ -109,6 +109,7 @@ def detect_spec(sd: Mapping[str, Tensor], source: str = "checkpoint") -> Adapter
             "Is this an IP-Adapter checkpoint (and not a FaceID/LoRA or a full model)?"
         )
     image_proj, layers = split(sd)
+    _refuse_instantx_flux(layers, source)
     kind, proj_keys = _projection(image_proj, source)
     unknown = set(image_proj) - proj_keys
     missing = proj_keys - set(image_proj)
@@ -163,6 +164,25 @@ def detect_spec(sd: Mapping[str, Tensor], source: str = "checkpoint") -> Adapter
     return AdapterSpec(base=base, projection=kind, feature=feature, clip_dim=int(clip_dim),
                        cross_attention_dim=int(cross_dim), tokens=int(tokens),
                        layer_indices=tuple(indices), layer_widths=tuple(widths), variant=variant)
+
+
+#: InstantX FLUX.1-dev-IP-Adapter: ip_adapter.0..56 (19 double + 38 single blocks) in the UNet key style.
+_INSTANTX_FLUX_LAYERS = 57
+
+
+def _refuse_instantx_flux(layers: Mapping[str, Tensor], source: str) -> None:
+    """Name InstantX's Flux adapter (same key style as the UNet files) instead of a misleading shape error.
+
+    It needs SigLIP's attention-pooling head, which ComfyUI's CLIP vision loader does
+    not build or load (README, "Flux": why it is not supported).
+    """
+    indices = {key.split(".")[0] for key in layers}
+    if len(indices) == _INSTANTX_FLUX_LAYERS:
+        raise AdapterFormatError(
+            f"'{source}' looks like InstantX's FLUX.1-dev-IP-Adapter ({_INSTANTX_FLUX_LAYERS} ip_adapter layers). "
+            "It is not supported: it needs SigLIP's pooled output, which ComfyUI's CLIPVisionLoader does not compute "
+            "(see the README, 'Flux'). For Flux use XLabs' flux-ip-adapter or flux-ip-adapter-v2."
+        )
 
 
 def _layers(layers: Mapping[str, Tensor], source: str) -> tuple[list[int], list[int], int]:

@@ -140,6 +140,15 @@ def block_multipliers(base: BaseModel, weight_type: str,
     raise ImagePromptError(f"{where}: unknown '{weight_type}'; choose one of {list(WEIGHT_TYPES)}.")
 
 
+def check_embeds_scaling(base: BaseModel, mode: str, where: str = "embeds_scaling") -> None:
+    """Refuse the "C penalty" scalings outside the UNet: their divisor, 1280, is SD's widest attention layer."""
+    if FAMILY_OF_BASE[base] is not ModelFamily.UNET and "penalty" in mode:
+        raise ImagePromptError(
+            f"{where}: '{mode}' divides by 1280, the width of SD's widest attention layer; it has no meaning for a "
+            f"{base.value} adapter. Use 'V only' (the reference) or 'K+V'."
+        )
+
+
 def layer_plan(base: BaseModel, weight_type: str, layer_weights: Sequence[float] | None = None,
                where: str = "weight_type") -> LayerPlan:
     """Expand a weight type (or an explicit per-layer list) to every checkpoint layer of `base`.

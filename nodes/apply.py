@@ -35,7 +35,7 @@ class ApplyIPAdapter(io.ComfyNode):
                         "type picks; inside attn_mask if given) of a clone of "
                         "the model. The input model is not changed; chains of this node stack.",
             inputs=[
-                io.Model.Input("model", tooltip="The UNet to patch (SD1.5 or SDXL, matching the adapter)."),
+                io.Model.Input("model", tooltip="The model to patch (SD1.5, SDXL or Flux, matching the adapter)."),
                 IPAdapterSocket.Input("ip_adapter", tooltip="From Load IP-Adapter."),
                 ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt, with the same adapter (or the "
                                                                  "regions of a chain of IP-Adapter Region nodes)."),
@@ -50,7 +50,8 @@ class ApplyIPAdapter(io.ComfyNode):
                 # New inputs are optional and appended, so saved workflows stay valid.
                 io.Combo.Input("weight_type", options=list(weighting.WEIGHT_TYPES), default=weighting.LINEAR,
                                optional=True,
-                               tooltip="How the weight is spread over the UNet's layers (README: 'Weight types'). "
+                               tooltip="How the weight is spread over the UNet's layers (README: 'Weight types'; "
+                                       "Flux: linear only). "
                                        "linear: all alike; ease in/out...: a curve over the layers; weak/strong: "
                                        "x0.2 on some blocks; style transfer / composition: only the blocks that "
                                        "carry style / layout (InstantStyle); precise: the other blocks push away "
@@ -68,7 +69,8 @@ class ApplyIPAdapter(io.ComfyNode):
                 io.String.Input("layer_weights", default="", multiline=True, optional=True,
                                 tooltip="Optional, for experts: one multiplier per cross-attention layer, in "
                                         "checkpoint order (ip_adapter.1, .3, ...): 16 numbers for SD1.5, 70 for "
-                                        "SDXL, separated by commas, spaces or new lines, e.g. '1, 1, 0.5, 0, ...'. "
+                                        "SDXL, 19 for Flux (one per double block), separated by commas, spaces or "
+                                        "new lines, e.g. '1, 1, 0.5, 0, ...'. "
                                         "0 skips a layer. Replaces weight_type's table (precise types keep their "
                                         "inverted layers). Empty: use weight_type."),
                 *frame_inputs(),
@@ -86,6 +88,7 @@ class ApplyIPAdapter(io.ComfyNode):
         base = ip_adapter.spec.base
         explicit = weighting.parse_layer_weights(layer_weights, base, f"{NODE} layer_weights")
         plan = weighting.layer_plan(base, weight_type, explicit, f"{NODE} weight_type")
+        weighting.check_embeds_scaling(base, embeds_scaling, f"{NODE} embeds_scaling")
         mask = check_mask(attn_mask, f"{NODE} attn_mask") if attn_mask is not None else None
         if options.inactive or not plan.active():
             if not options.inactive:

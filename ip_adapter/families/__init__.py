@@ -35,7 +35,7 @@ def describe_model(found: Mapping[HookPoint, int]) -> str:
         name = injection.describe_model(found)
         if name is not None:
             return name
-    counts = {}
+    counts: dict[str, int] = {}
     for point in found:
         counts[point.hook] = counts.get(point.hook, 0) + 1
     listed = ", ".join(f"{n} {hook} points" for hook, n in counts.items()) or "no patchable layers"

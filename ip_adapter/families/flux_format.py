@@ -145,8 +145,9 @@ class XLabsFluxAdapter(nn.Module):
         tokens = tokens.to(device=device, dtype=torch.float32)
         result = {}
         for index, block in self.double_blocks.items():
+            processor: DoubleStreamKV = block.processor  # type: ignore[assignment]
             kv = []
-            for linear in (block.processor.ip_adapter_double_stream_k_proj, block.processor.ip_adapter_double_stream_v_proj):
+            for linear in (processor.ip_adapter_double_stream_k_proj, processor.ip_adapter_double_stream_v_proj):
                 weight = linear.weight.to(device=device, dtype=torch.float32)
                 bias = linear.bias.to(device=device, dtype=torch.float32)
                 kv.append(nn.functional.linear(tokens, weight, bias).to(dtype))

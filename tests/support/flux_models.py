@@ -26,11 +26,19 @@ DOUBLE = 19
 CLIP_DIM = 768
 
 
-def _unet_config() -> dict:
+def _unet_config(hidden: int = HIDDEN, heads: int = HEADS, axes: list[int] | None = None,
+                 single: int = SINGLE) -> dict:
     return {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": VEC,
-            "context_in_dim": CONTEXT, "hidden_size": HIDDEN, "mlp_ratio": 4.0, "num_heads": HEADS,
-            "depth": DOUBLE, "depth_single_blocks": SINGLE, "axes_dim": AXES, "theta": 10000,
+            "context_in_dim": CONTEXT, "hidden_size": hidden, "mlp_ratio": 4.0, "num_heads": heads,
+            "depth": DOUBLE, "depth_single_blocks": single, "axes_dim": list(axes or AXES), "theta": 10000,
             "patch_size": 2, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": []}
+
+
+def axes_for(head_dim: int) -> list[int]:
+    """RoPE axes summing to `head_dim` in Flux's proportions (16, 56, 56 for 128), each even."""
+    first = max(2, (head_dim // 8) // 2 * 2)
+    rest = (head_dim - first) // 2 // 2 * 2
+    return [head_dim - 2 * rest, rest, rest]
 
 
 def init_flux_weights(model: torch.nn.Module, seed: int) -> None:
@@ -48,33 +56,41 @@ def init_flux_weights(model: torch.nn.Module, seed: int) -> None:
             param.copy_(value.to(param.dtype))
 
 
-def flux_checkpoint(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random Flux-dev diffusion-model state dict in the checkpoint layout, at the small width."""
+def flux_checkpoint(seed: int = 0, **size) -> dict[str, torch.Tensor]:
+    """A random Flux-dev diffusion-model state dict in the checkpoint layout, at the small width.
+
+    `size`: hidden, heads, axes, single (see `_unet_config`).
+    """
     import comfy.ldm.flux.model
     import comfy.ops
 
-    config = {k: v for k, v in _unet_config().items() if k != "image_model"}
+    config = {k: v for k, v in _unet_config(**size).items() if k != "image_model"}
     net = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, **config)
     init_flux_weights(net, seed)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def comfy_flux_model(seed: int = 0, dtype: torch.dtype = torch.float32):
-    """A ``ModelPatcher`` around a tiny Flux dev, detected and loaded by ComfyUI's own code (CPU)."""
+def comfy_flux_model(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu", **size):
+    """A ``ModelPatcher`` around a tiny Flux dev, detected and loaded by ComfyUI's own code.
+
+    `size` overrides hidden / heads / axes / single (default: the small test width).
+    """
     import comfy.model_detection
     import comfy.model_patcher
     import comfy.supported_models
 
-    sd = flux_checkpoint(seed)
+    config = _unet_config(**size)
+    sd = flux_checkpoint(seed, **size)
     model_config = comfy.model_detection.model_config_from_unet(sd, "")
     assert type(model_config) is comfy.supported_models.Flux, type(model_config)
-    assert model_config.unet_config["depth"] == DOUBLE and model_config.unet_config["hidden_size"] == HIDDEN
-    model_config.unet_config.update(num_heads=HEADS, axes_dim=list(AXES))
+    assert model_config.unet_config["depth"] == DOUBLE
+    assert model_config.unet_config["hidden_size"] == config["hidden_size"]
+    model_config.unet_config.update(num_heads=config["num_heads"], axes_dim=config["axes_dim"])
     model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model(sd, "", device=torch.device("cpu"))
+    model = model_config.get_model(sd, "", device=torch.device(device))
     model.load_model_weights(sd, "")
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device(device),
+                                            offload_device=torch.device(device))
 
 
 def diffusers_twin(model_patcher):

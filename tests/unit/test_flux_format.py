@@ -84,3 +84,16 @@ def test_unet_files_are_not_taken_for_flux_and_the_reverse() -> None:
     assert flux_format.claims(flux_models.xlabs_state_dict(4, width=32))
     with pytest.raises(AdapterFormatError, match=r"'lora\.safetensors' is not an IP-Adapter checkpoint.*XLabs Flux"):
         adapter_from_state_dict({"lora_unet_x.alpha": torch.zeros(1)}, "lora.safetensors")
+
+
+def test_instantx_flux_files_are_named_and_refused_with_what_to_use() -> None:
+    """InstantX's layout (read from the authors' code): MLP image_proj 1152 -> 2304 -> 128 x 4096 + LayerNorm,
+    to_k_ip/to_v_ip [3072, 4096] without bias for each of the 19 double + 38 single blocks."""
+    shapes = {"image_proj.proj.0.weight": (2304, 1152), "image_proj.proj.0.bias": (2304,),
+              "image_proj.proj.2.weight": (128 * 4096, 2304), "image_proj.proj.2.bias": (128 * 4096,),
+              "image_proj.norm.weight": (4096,), "image_proj.norm.bias": (4096,)}
+    shapes.update({f"ip_adapter.{i}.to_{kv}_ip.weight": (3072, 4096) for i in range(57) for kv in "kv"})
+    meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    with pytest.raises(AdapterFormatError, match=r"'ip-adapter\.bin' looks like InstantX's FLUX\.1-dev-IP-Adapter.*"
+                                                 r"not supported.*XLabs' flux-ip-adapter"):
+        adapter_from_state_dict(meta, "ip-adapter.bin")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from ipadapter_pack.ip_adapter import weighting
 from ipadapter_pack.ip_adapter.errors import ImagePromptError
@@ -146,3 +148,12 @@ def test_unet_weight_types_are_refused_on_flux_saying_what_to_use(weight_type) -
     with pytest.raises(ImagePromptError, match=rf"ApplyIPAdapter weight_type: '{weight_type}' is built for the UNet.*"
                                                r"Use 'linear'.*layer_weights \(19 numbers"):
         weighting.layer_plan(BaseModel.FLUX, weight_type, where="ApplyIPAdapter weight_type")
+
+
+@pytest.mark.parametrize("mode", ["K+V w/ C penalty", "K+mean(V) w/ C penalty"])
+def test_c_penalty_scalings_are_refused_on_flux_only(mode) -> None:
+    weighting.check_embeds_scaling(SDXL, mode)
+    with pytest.raises(ImagePromptError, match=rf"ApplyIPAdapter embeds_scaling: '{re.escape(mode)}' divides by 1280.*"
+                                               r"Use 'V only'"):
+        weighting.check_embeds_scaling(BaseModel.FLUX, mode, "ApplyIPAdapter embeds_scaling")
+    weighting.check_embeds_scaling(BaseModel.FLUX, "K+V")
