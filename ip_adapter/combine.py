@@ -10,6 +10,8 @@ Definitions (x_i: the features of image i, after its weight; n >= 2):
 
 * concat:       no combination; each image is projected and the tokens lie side by side
                 (one softmax over all of them, as diffusers does with several images).
+* one per latent: no combination; image i's tokens are row i of the prompt and condition
+                latent i alone (frames of an animation, seeds of a batch; see `per_latent`).
 * add:          sum_i x_i
 * subtract:     x_0 - mean_{i>=1} x_i  (the first image minus the average of the others)
 * average:      mean_i x_i
@@ -43,11 +45,12 @@ class CombineMode(str, Enum):
     SUBTRACT = "subtract"
     AVERAGE = "average"
     NORM_AVERAGE = "norm average"
+    PER_LATENT = "one per latent"
 
     @property
     def reduces(self) -> bool:
-        """True when n images become one row of features (every mode but concat)."""
-        return self is not CombineMode.CONCAT
+        """True when n images become one row of features (every mode but concat and one per latent)."""
+        return self not in (CombineMode.CONCAT, CombineMode.PER_LATENT)
 
 
 COMBINE_MODES: tuple[str, ...] = tuple(mode.value for mode in CombineMode)
@@ -114,8 +117,9 @@ def image_prompt_from_features(adapter: IPAdapterModel, cond: Tensor, uncond: Te
     elif uncond.shape[0] != cond.shape[0]:
         uncond = uncond.mean(dim=0, keepdim=True) if cond.shape[0] == 1 else uncond
         uncond = uncond.expand(cond.shape[0], *uncond.shape[1:])
+    join = (lambda tokens: tokens) if mode is CombineMode.PER_LATENT else concat_images
     return ImagePrompt(
-        cond=concat_images(adapter.project(cond)).cpu(),
-        uncond=concat_images(adapter.project(uncond)).cpu(),
+        cond=join(adapter.project(cond)).cpu(),
+        uncond=join(adapter.project(uncond)).cpu(),
         spec=adapter.spec,
     )

@@ -87,9 +87,11 @@ class MaskCache:
         self._rows: LayoutCache[Tensor] = LayoutCache()
 
     def get(self, original_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int,
-            device: torch.device, dtype: torch.dtype) -> Tensor:
-        layout = (int(original_shape[-2]), int(original_shape[-1]), chunks, batch, device, dtype)
-        return self._rows.get(layout, tokens, lambda: mask_rows(self.mask, original_shape, tokens, chunks, batch,
+            device: torch.device, dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> Tensor:
+        """`frames`: the masks of a context window's frames (indices into the masks), None for all."""
+        layout = (int(original_shape[-2]), int(original_shape[-1]), chunks, batch, device, dtype, frames)
+        masks = self.mask if frames is None else self.mask[list(frames)]
+        return self._rows.get(layout, tokens, lambda: mask_rows(masks, original_shape, tokens, chunks, batch,
                                                                   device, dtype, self.where))
 
     def release_except(self, device: torch.device) -> None:

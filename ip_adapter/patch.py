@@ -26,8 +26,10 @@ from .attention import EmbedsScaling, assemble_rows, scale_kv, schedule_gate
 from .devices import same_device
 from .layout_cache import LayoutCache
 from .masking import MaskCache
+from .per_latent import latent_factor, latent_indices, pick
 from .prompt import ImagePrompt
 from .spec import AdapterSpec
+from .step_schedule import WeightSchedule
 from .weighting import LayerPlan
 
 
@@ -72,6 +74,8 @@ class BranchCache:
         rows: those K/V laid out like ComfyUI's batch, the weight folded in, per layout.
         gate: the last step's schedule decision ("last" -> (sigmas, layout, StepGate)).
         masks: the mask on each token grid, per layout (None without a mask).
+        factors: per-latent weights as a factor on the q rows, per layout (`per_latent`).
+        window_kv: K/V of a context window's prompt rows only, for the last few windows.
     """
 
     def __init__(self, mask: Tensor | None = None, where: str = "attn_mask") -> None:
@@ -79,6 +83,8 @@ class BranchCache:
         self.rows: LayoutCache[tuple[Tensor, Tensor]] = LayoutCache()
         self.gate: dict[str, tuple[Tensor, tuple, StepGate]] = {}
         self.masks = MaskCache(mask, where) if mask is not None else None
+        self.factors: LayoutCache[Tensor] = LayoutCache()
+        self.window_kv: LayoutCache[dict[int, tuple[Tensor, Tensor, Tensor, Tensor]]] = LayoutCache()
 
     def release_except(self, device: torch.device) -> None:
         """Drop what lives on other devices (called when ComfyUI moves the patch)."""
@@ -86,6 +92,8 @@ class BranchCache:
             del self.kv[key]
         self.rows.drop(lambda layout: not same_device(layout[2], device))
         self.gate.clear()
+        self.factors.drop(lambda layout: not same_device(layout[2], device))
+        self.window_kv.drop(lambda layout: not same_device(layout[0], device))
         if self.masks is not None:
             self.masks.release_except(device)
 
@@ -106,6 +114,8 @@ class ImageBranch:
         embeds_scaling: where the weight enters (V only = the paper; see `EmbedsScaling`).
         mask: [1 or batch, H, W] float32 on the CPU; the image term acts where it is 1.
         where: names the node input in messages raised while sampling (the mask's batch check).
+        schedule: the weight over the steps (`step_schedule`); None = `weight` at every step.
+        latent_weights: a multiplier per latent (frame), or None (see `per_latent`).
         cache: the memoised K/V, rows, gate and mask rows (`BranchCache`).
     """
 
@@ -118,6 +128,8 @@ class ImageBranch:
     embeds_scaling: EmbedsScaling = EmbedsScaling.V_ONLY
     mask: Tensor | None = None
     where: str = "attn_mask"
+    schedule: WeightSchedule | None = None
+    latent_weights: tuple[float, ...] | None = None
     cache: BranchCache = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,18 +141,35 @@ class ImageBranch:
     def layer_weight(self, index: int) -> float:
         return self.weight * self.plan.multiplier(index)
 
-    def kv(self, index: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(k_cond, v_cond, k_uncond, v_uncond) of layer `index`, projected once per device/dtype."""
+    def kv(self, index: int, device: torch.device, dtype: torch.dtype,
+           frames: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(k_cond, v_cond, k_uncond, v_uncond) of layer `index`, projected once per device/dtype.
+
+        `frames` (a context window's prompt rows): only those rows are projected, and kept for a few
+        windows (`LayoutCache`), so K/V memory follows the window, not the whole batch of references.
+        """
+        if frames is not None:
+            return self.cache.window_kv.get((device, dtype, frames), 0, lambda: self._project(
+                pick(self.prompt.cond, frames), pick(self.prompt.uncond, frames), device, dtype))[index]
         key = (device, dtype)
         cached = self.cache.kv
         if key not in cached:
-            cond = self.adapter.image_kv(self.prompt.cond, device, dtype)
-            uncond = self.adapter.image_kv(self.prompt.uncond, device, dtype)
-            cached[key] = {i: (*cond[i], *uncond[i]) for i in cond}
+            cached[key] = self._project(self.prompt.cond, self.prompt.uncond, device, dtype)
         return cached[key][index]
 
+    def _project(self, cond_tokens: Tensor, uncond_tokens: Tensor, device: torch.device,
+                 dtype: torch.dtype) -> dict[int, tuple[Tensor, Tensor, Tensor, Tensor]]:
+        cond = self.adapter.image_kv(cond_tokens, device, dtype)
+        uncond = self.adapter.image_kv(uncond_tokens, device, dtype)
+        return {i: (*cond[i], *uncond[i]) for i in cond}
+
+    def frames(self, batch: int, extra_options: dict) -> tuple[int, ...] | None:
+        """The prompt rows of this call's latents when the prompt holds one reference per latent (`per_latent`)."""
+        return latent_indices(self.prompt.cond.shape[0], batch, extra_options,
+                              "image prompt rows (one reference per latent)")
+
     def rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
-             dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+             dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
         """Image K and V laid out like ComfyUI's q batch for layer `index`, the weight folded in.
 
         Inverted layers swap in (zeros, reference) for (cond, uncond). The layer's
@@ -148,12 +177,12 @@ class ImageBranch:
         equals weighting the output and saves a pass over it). Held per layout
         (`LayoutCache`), so sampling steps allocate nothing here.
         """
-        return self.cache.rows.get((tuple(chunks), batch, device, dtype), index,
-                              lambda: self._build_rows(index, chunks, batch, device, dtype))
+        return self.cache.rows.get((tuple(chunks), batch, device, dtype, frames), index,
+                                   lambda: self._build_rows(index, chunks, batch, device, dtype, frames))
 
     def _build_rows(self, index: int, chunks: Sequence[int], batch: int, device: torch.device,
-                    dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        k_cond, v_cond, k_uncond, v_uncond = self.kv(index, device, dtype)
+                    dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
+        k_cond, v_cond, k_uncond, v_uncond = self.kv(index, device, dtype, frames)
         if index in self.plan.inverted:  # projection of zero tokens is zero: the adapter's K/V have no bias
             k_uncond, v_uncond = k_cond, v_cond
             k_cond, v_cond = torch.zeros_like(k_cond), torch.zeros_like(v_cond)
@@ -186,16 +215,45 @@ class ImageBranch:
     def mask_rows(self, extra_options: dict, tokens: int, chunks: int, batch: int, device: torch.device,
                   dtype: torch.dtype) -> Tensor:
         """The mask on this layer's token grid, [chunks * batch, tokens, 1], cached per layout."""
-        return self.mask_grid(extra_options["original_shape"], tokens, chunks, batch, device, dtype)
+        frames = self.mask_frames(batch, extra_options)
+        return self.mask_grid(extra_options["original_shape"], tokens, chunks, batch, device, dtype, frames)
 
-    def mask_grid(self, latent_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int, device: torch.device,
-                  dtype: torch.dtype) -> Tensor:
-        """The mask resized to the token grid of a latent of `latent_shape`, [chunks * batch, tokens, 1]."""
-        assert self.cache.masks is not None, "mask_grid needs a branch with a mask"
-        return self.cache.masks.get(latent_shape, tokens, chunks, batch, device, dtype)
+    def mask_frames(self, batch: int, extra_options: dict) -> tuple[int, ...] | None:
+        """Which masks serve this call's latents (a context window's frames), None for all (`per_latent`)."""
+        assert self.mask is not None
+        return latent_indices(self.mask.shape[0], batch, extra_options, "masks (one per latent)")
+
+    def mask_grid(self, latent_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int,
+                  device: torch.device, dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> Tensor:
+        """The mask resized to the token grid of a latent of `latent_shape`, [chunks * batch, tokens, 1].
+
+        With several masks, a context window picks the masks of its frames (`frames`, see `per_latent`).
+        """
+        assert self.cache.masks is not None and self.mask is not None, "mask_grid needs a branch with a mask"
+        return self.cache.masks.get(latent_shape, tokens, chunks, batch, device, dtype, frames)
+
+    def modulation(self, extra_options: dict, chunks: int, batch: int, device: torch.device,
+                   dtype: torch.dtype) -> Tensor | None:
+        """Weight schedule x per-latent weights as one factor per q row [chunks * batch, 1, 1]; None if neither.
+
+        Every family multiplies its image term by this (after the gate), so both features hold for all.
+        """
+        factor = None
+        if self.schedule is not None:
+            factor = self.schedule.factor(extra_options["sigmas"], extra_options, chunks, device, dtype)
+        if self.latent_weights is not None:
+            weights = self.latent_weights
+            frames = latent_indices(len(weights), batch, extra_options, "per-latent weights")
+            per_latent = self.cache.factors.get(
+                (chunks, batch, device, dtype, frames), 0,
+                lambda: latent_factor(weights, chunks, batch, extra_options, device, dtype))
+            factor = per_latent if factor is None else factor * per_latent
+        return factor
 
     def release_except(self, device: torch.device) -> None:
         """Drop cached K/V that live on other devices (called when ComfyUI moves the patch)."""
         self.cache.release_except(device)
+        if self.schedule is not None:
+            self.schedule.release_except(device)
 
 

@@ -11,11 +11,12 @@ from .encode import EncodeImagePrompt
 from .from_clip_vision import ImagePromptFromCLIPVision
 from .loader import LoadIPAdapter
 from .prompt_files import LoadImagePrompt, SaveImagePrompt
+from .regional import IPAdapterRegion
 from .score import SCORING_NODES
 
 NODES: list[type[io.ComfyNode]] = [
     LoadIPAdapter, EncodeImagePrompt, ApplyIPAdapter, ImagePromptFromCLIPVision, SaveImagePrompt, LoadImagePrompt,
-    *SCORING_NODES,
+    *SCORING_NODES, IPAdapterRegion,
 ]
 
 

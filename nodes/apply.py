@@ -14,7 +14,9 @@ from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.masking import check_mask
 from ..ip_adapter.patch import ImageBranch
 from ..ip_adapter.prompt import ImagePrompt
-from . import comfy_bridge, sd3_nodes
+from ..ip_adapter.regions import RegionalPrompt
+from . import comfy_bridge, regional, sd3_nodes
+from .frames import frame_inputs, frame_options, refuse_frames_for_sd3
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ class ApplyIPAdapter(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (SD1.5, SDXL, Flux or SD3.5, matching the adapter)."),
                 IPAdapterSocket.Input("ip_adapter", tooltip="From Load IP-Adapter."),
-                ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt, with the same adapter."),
+                ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt, with the same adapter (or the "
+                                                                 "regions of a chain of IP-Adapter Region nodes)."),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=3.0, step=0.01,
                                tooltip="Strength of the image prompt (lambda in the paper). 0 leaves the model "
                                        "unchanged; negative values push away from the image."),
@@ -70,35 +73,41 @@ class ApplyIPAdapter(io.ComfyNode):
                                         "new lines, e.g. '1, 1, 0.5, 0, ...'. "
                                         "0 skips a layer. Replaces weight_type's table (precise types keep their "
                                         "inverted layers). Empty: use weight_type."),
+                *frame_inputs(),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float,
-                start_percent: float, end_percent: float, weight_type: str = weighting.LINEAR,
+    def execute(cls, model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt | RegionalPrompt,
+                weight: float, start_percent: float, end_percent: float, weight_type: str = weighting.LINEAR,
                 embeds_scaling: str = EmbedsScaling.V_ONLY.value, attn_mask: Tensor | None = None,
-                layer_weights: str = "") -> io.NodeOutput:
+                layer_weights: str = "", **frames: object) -> io.NodeOutput:
         if sd3_nodes.is_sd3(ip_adapter):
+            refuse_frames_for_sd3(image_prompt, frames, NODE)
             return io.NodeOutput(sd3_nodes.apply(model, ip_adapter, image_prompt, weight, start_percent, end_percent,
                                                  weight_type, embeds_scaling, attn_mask, layer_weights))
         _check_inputs(model, ip_adapter, image_prompt, weight, start_percent, end_percent)
+        options = frame_options(model, weight, start_percent, end_percent, **frames)  # type: ignore[arg-type]
         base = ip_adapter.spec.base
         explicit = weighting.parse_layer_weights(layer_weights, base, f"{NODE} layer_weights")
         plan = weighting.layer_plan(base, weight_type, explicit, f"{NODE} weight_type")
         weighting.check_embeds_scaling(base, embeds_scaling, f"{NODE} embeds_scaling")
         mask = check_mask(attn_mask, f"{NODE} attn_mask") if attn_mask is not None else None
-        if weight == 0.0 or not plan.active():
-            if weight != 0.0:
+        if options.inactive or not plan.active():
+            if not options.inactive:
                 logger.info("ApplyIPAdapter: every layer multiplier is 0; the model is returned unchanged.")
             return io.NodeOutput(model.clone())
-        branch = ImageBranch(
-            adapter=ip_adapter.model, prompt=image_prompt, weight=float(weight),
-            window=comfy_bridge.sigma_window(model, start_percent, end_percent, NODE),
-            plan=plan, models=(ip_adapter.patcher,), embeds_scaling=_scaling(embeds_scaling), mask=mask,
-            where=f"{NODE} attn_mask",
-        )
-        return io.NodeOutput(comfy_bridge.patched_clone(model, branch))
+        window = comfy_bridge.sigma_window(model, start_percent, end_percent, NODE)
+        patched = model
+        for prompt, factor, region_mask, where in regional.parts(image_prompt, mask):
+            branch = ImageBranch(
+                adapter=ip_adapter.model, prompt=prompt, weight=options.weight * factor, window=window,
+                plan=plan, models=(ip_adapter.patcher,), embeds_scaling=_scaling(embeds_scaling), mask=region_mask,
+                where=where, schedule=options.schedule, latent_weights=options.latent_weights,
+            )
+            patched = comfy_bridge.patched_clone(patched, branch)
+        return io.NodeOutput(patched if patched is not model else model.clone())
 
 
 def _check_inputs(model: object, ip_adapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float,

@@ -5,24 +5,13 @@ from __future__ import annotations
 from comfy_api.latest import io
 from torch import Tensor
 
-from ..ip_adapter.combine import CombineMode, parse_image_weights
-from ..utils.images import FIT_MODES, check_image_batch, pad_to_square, to_rgb
-from . import comfy_bridge, sd3_nodes
-from .prompt_assembly import check_feature_width, combine_inputs, project_prompt, unconditional_features
+from ..ip_adapter.combine import CombineMode
+from ..utils.images import FIT_MODES
+from ..utils.tiling import CROP_POSITIONS
+from . import sd3_nodes
+from .prompt_assembly import combine_inputs
+from .reference_encoding import DEFAULT_CHUNK, encode_references, sd3_rows
 from .types import ImagePromptSocket, IPAdapterSocket, LoadedAdapter
-
-
-def _prepared(image: Tensor, fit: str, what: str) -> Tensor:
-    """Validate an IMAGE input and make it RGB and (for 'pad') square."""
-    check_image_batch(image, "EncodeImagePrompt", what)
-    image = to_rgb(image.float())
-    return pad_to_square(image) if fit == "pad" else image
-
-
-def _features(adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: str) -> Tensor:
-    features = comfy_bridge.encode(clip_vision, image, adapter.spec.feature, crop=(fit != "stretch"))
-    check_feature_width(adapter, features, "EncodeImagePrompt", "clip_vision")
-    return features
 
 
 class EncodeImagePrompt(io.ComfyNode):
@@ -43,12 +32,21 @@ class EncodeImagePrompt(io.ComfyNode):
                                                         "combine_embeds)."),
                 io.Combo.Input("fit", options=list(FIT_MODES), default=FIT_MODES[0],
                                tooltip="How a non-square image becomes the encoder's square input: "
-                                       "center crop (as the reference), pad (keep everything), or stretch."),
+                                       "center crop (as the reference; see crop_position), pad (keep everything, "
+                                       "smaller), stretch, or tiled (squares over the whole image at full "
+                                       "resolution, their tokens side by side; README: 'Non-square references')."),
                 io.Image.Input("negative_image", optional=True,
                                tooltip="Optional: what to steer away from. Replaces the unconditional image "
                                        "tokens (default: the reference's zero encoding). 1 image, or one per "
                                        "reference image."),
                 *combine_inputs(),
+                io.Combo.Input("crop_position", options=list(CROP_POSITIONS), default="center", optional=True,
+                               tooltip="Where 'center crop' cuts its square: top for a portrait's head, left/right "
+                                       "for a subject at a landscape's side. Other fits ignore it."),
+                io.Int.Input("encode_chunk", default=DEFAULT_CHUNK, min=1, max=4096, optional=True,
+                             tooltip="Images per CLIP vision call. Long batches (animation frames) are encoded and "
+                                     "projected this many at a time, keeping only the tokens, so memory stays "
+                                     "bounded. Lower it if encoding runs out of memory."),
             ],
             outputs=[ImagePromptSocket.Output(display_name="image_prompt")],
         )
@@ -56,15 +54,11 @@ class EncodeImagePrompt(io.ComfyNode):
     @classmethod
     def execute(cls, ip_adapter: LoadedAdapter, clip_vision: object, image: Tensor, fit: str,
                 negative_image: Tensor | None = None, combine_embeds: str = CombineMode.CONCAT.value,
-                image_weights: str = "") -> io.NodeOutput:
+                image_weights: str = "", crop_position: str = "center",
+                encode_chunk: int = DEFAULT_CHUNK) -> io.NodeOutput:
         if sd3_nodes.is_sd3(ip_adapter):
-            negative = None if negative_image is None else _prepared(negative_image, fit, "negative_image")
-            return io.NodeOutput(sd3_nodes.encode(ip_adapter, clip_vision, _prepared(image, fit, "image"), negative,
-                                                  fit, combine_embeds, image_weights, "EncodeImagePrompt"))
-        cond = _features(ip_adapter, clip_vision, _prepared(image, fit, "image"), fit)
-        weights = parse_image_weights(image_weights, cond.shape[0], "EncodeImagePrompt 'image_weights'")
-        negative = (None if negative_image is None
-                    else _features(ip_adapter, clip_vision, _prepared(negative_image, fit, "negative_image"), fit))
-        uncond = unconditional_features(ip_adapter, negative, clip_vision, cond.shape[0], "EncodeImagePrompt",
-                                        ("negative_image", "image"))
-        return io.NodeOutput(project_prompt(ip_adapter, cond, uncond, combine_embeds, weights))
+            rows, negative = sd3_rows(image, negative_image, fit, crop_position)
+            return io.NodeOutput(sd3_nodes.encode(ip_adapter, clip_vision, rows, negative, fit, combine_embeds,
+                                                  image_weights, "EncodeImagePrompt"))
+        return io.NodeOutput(encode_references(ip_adapter, clip_vision, image, fit, crop_position, negative_image,
+                                               combine_embeds, image_weights, encode_chunk))

@@ -22,7 +22,8 @@ from .types import LoadedAdapter
 #: Tooltips of the inputs `combine_inputs` makes.
 COMBINE_TOOLTIP = (
     "How several reference images (a batch) become one prompt. concat: each image's tokens side by side "
-    "(default). add: sum. subtract: the first image minus the average of the others. average: mean. "
+    "(default). one per latent: image i conditions latent i only (frames, seeds; a batch of 1 serves all). "
+    "add: sum. subtract: the first image minus the average of the others. average: mean. "
     "norm average: mean of the images each divided by the images' joint norm (per element). All but concat "
     "combine the CLIP features before the adapter's projection, as ComfyUI_IPAdapter_plus does; several "
     "negative images are then averaged."

@@ -77,6 +77,9 @@ class SaveImagePrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, image_prompt: ImagePrompt | SD3ImagePrompt, filename_prefix: str) -> io.NodeOutput:
+        if not isinstance(image_prompt, (ImagePrompt, SD3ImagePrompt)):  # e.g. the regions of IP-Adapter Region nodes
+            raise ImagePromptError("SaveImagePrompt: 'image_prompt' is a chain of IP-Adapter Region nodes, not one "
+                                   "image prompt; save each region's Encode Image Prompt output instead.")
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
         name = f"{filename}_{counter:05}_{SUFFIX}"

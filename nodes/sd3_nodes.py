@@ -62,8 +62,12 @@ def from_features(adapter: Any, cond: Tensor, uncond: Tensor | None, combine_emb
     if uncond is not None and uncond.shape[0] not in (1, cond.shape[0]):
         raise ImagePromptError(f"{node}: '{negative_input}' has {uncond.shape[0]} images; give 1 or as many as "
                                f"'{image_input}' ({cond.shape[0]}).")
+    mode = CombineMode(combine_embeds)
+    if mode is CombineMode.PER_LATENT:  # SD3.5's prompt has no per-latent rows yet: refuse, never concatenate
+        raise ImagePromptError(f"{node}: combine_embeds '{mode.value}' is not available for SD3.5 adapters yet; "
+                               "use 'concat' or a combine mode.")
     weights = parse_image_weights(image_weights, cond.shape[0], f"{node} 'image_weights'")
-    return sd3_prompt_from_features(adapter.model.shape, cond, uncond, CombineMode(combine_embeds), weights)
+    return sd3_prompt_from_features(adapter.model.shape, cond, uncond, mode, weights)
 
 
 def from_clip_vision_output(adapter: Any, output: Any, negative: Any, combine_embeds: str, image_weights: str,

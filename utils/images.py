@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 #: How a non-square reference image becomes the encoder's square input.
-FIT_MODES = ("center crop", "pad", "stretch")
+FIT_MODES = ("center crop", "pad", "stretch", "tiled")
 
 #: Images with a side longer than this are resized on the CPU before they reach the encoder
 #: (see `shrink_for_encoder`); smaller ones are passed on untouched.

@@ -149,18 +149,21 @@ class DoubleBlockPatch:
         branch = self.branch
         chunks = options["cond_or_uncond"]
         batch = q_img.shape[0] // len(chunks)
-        k_ip, v_ip = branch.rows(self.layer, chunks, batch, q_img.device, q_img.dtype)
+        k_ip, v_ip = branch.rows(self.layer, chunks, batch, q_img.device, q_img.dtype, branch.frames(batch, options))
         query = unrope(q_img, pe_img)
         term = flux_image_attention(query, k_ip, v_ip, self.image_attention, transformer_options=options)
         inplace = not torch.is_grad_enabled()
         if gate.factor is not None:
             term = term.mul_(gate.factor) if inplace else term * gate.factor
+        modulation = branch.modulation(options, len(chunks), batch, term.device, term.dtype)
+        if modulation is not None:
+            term = term.mul_(modulation) if inplace else term * modulation
         if branch.mask is not None:
             if "original_shape" not in options:
                 raise RuntimeError("IP-Adapter: the Flux mask needs the latent size; its diffusion-model wrapper "
                                    "did not run (was the model patched by ApplyIPAdapter?).")
             mask = branch.mask_grid(options["original_shape"], term.shape[1], len(chunks), batch, term.device,
-                                    term.dtype)
+                                    term.dtype, branch.mask_frames(batch, options))
             term = term.mul_(mask) if inplace else term * mask
         return term
 

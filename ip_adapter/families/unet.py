@@ -80,13 +80,16 @@ class SlotPatch:
         if gate.skip:
             return out
         batch = q.shape[0] // len(chunks)
-        k_ip, v_ip = branch.rows(self.layer_index, chunks, batch, q.device, q.dtype)
+        k_ip, v_ip = branch.rows(self.layer_index, chunks, batch, q.device, q.dtype, branch.frames(batch, extra_options))
         term = image_term(q, k_ip, v_ip, heads, self.image_attention, attn_precision=precision,
                           transformer_options=extra_options)
         # In place on tensors made in this call (no autograd: ComfyUI samples in inference mode).
         inplace = not torch.is_grad_enabled()
         if gate.factor is not None:
             term = term.mul_(gate.factor) if inplace else term * gate.factor
+        modulation = branch.modulation(extra_options, len(chunks), batch, q.device, term.dtype)
+        if modulation is not None:
+            term = term.mul_(modulation) if inplace else term * modulation
         if branch.mask is not None:
             mask = branch.mask_rows(extra_options, q.shape[1], len(chunks), batch, q.device, term.dtype)
             term = term.mul_(mask) if inplace else term * mask

@@ -31,7 +31,8 @@ UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
     "sd15_image_prompt", "sdxl_image_prompt", "sd15_plus_image_text", "sd15_image_prompt_controlnet",
     "sd15_img2img_image_prompt", "sd15_two_adapters", "sd15_inpaint_image_prompt", "sd15_regional_masks",
-    "sdxl_style_transfer", "flux_image_prompt", "sd35_image_prompt",
+    "sdxl_style_transfer", "flux_image_prompt", "sd35_image_prompt", "sd15_per_latent_batch",
+    "sd15_non_square_reference",
 }
 #: comfy_extras modules whose nodes the workflows use (not registered by ``nodes.py`` itself).
 EXTRAS = ["nodes_canny.py", "nodes_mask.py", "nodes_sd3.py"]
