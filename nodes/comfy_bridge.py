@@ -68,6 +68,12 @@ def encode_zero_pixels(clip_vision: Any, feature: EncoderFeature, count: int) ->
     return picked.expand(count, *picked.shape[1:])
 
 
+def zero_pixel_key(clip_vision: Any, feature: EncoderFeature) -> tuple:
+    """What `encode_zero_pixels` depends on besides the model object: feature, input size, weight patches."""
+    patcher = getattr(clip_vision, "patcher", None)
+    return feature, getattr(clip_vision, "image_size", 224), getattr(patcher, "patches_uuid", None)
+
+
 def load_for_projection(patcher: comfy.model_patcher.ModelPatcher) -> None:
     comfy.model_management.load_model_gpu(patcher)
 

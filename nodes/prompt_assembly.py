@@ -43,7 +43,8 @@ def unconditional_features(adapter: LoadedAdapter, negative: Tensor | None, clip
     A negative's features when one is given (1, or one per reference image);
     None for base adapters (their unconditional tokens are the projection of
     zeros); otherwise the encoding of zero pixels by `clip_vision`, as the
-    authors define it for plus and face adapters. `inputs` names the node's
+    authors define it for plus and face adapters, computed once per CLIP vision
+    model and kept with the adapter (`LoadedAdapter.zero_pixels`). `inputs` names the node's
     (negative, image) inputs for the error messages.
     """
     negative_input, image_input = inputs
@@ -59,7 +60,8 @@ def unconditional_features(adapter: LoadedAdapter, negative: Tensor | None, clip
             f"encoding of zero pixels, which a CLIP Vision Encode output does not carry. Connect the CLIP vision "
             f"model to 'clip_vision' (or a negative encoding to '{negative_input}')."
         )
-    uncond = comfy_bridge.encode_zero_pixels(clip_vision, feature, 1)
+    uncond = adapter.zero_pixels.get(clip_vision, comfy_bridge.zero_pixel_key(clip_vision, feature),
+                                     lambda: comfy_bridge.encode_zero_pixels(clip_vision, feature, 1))
     check_feature_width(adapter, uncond, node, "clip_vision")
     return uncond
 
