@@ -30,8 +30,8 @@ class LoadedAdapter:
     does (the executor keeps LoadIPAdapter's output between queues).
     """
 
-    model: IPAdapterModel
-    patcher: Any  # comfy.model_patcher.ModelPatcher
+    model: IPAdapterModel = field(repr=False)  # a module's repr walks every submodule: slow and long in logs
+    patcher: Any = field(repr=False)  # comfy.model_patcher.ModelPatcher
     name: str
     zero_pixels: PerObjectCache = field(default_factory=PerObjectCache, repr=False)
 

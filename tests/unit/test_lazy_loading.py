@@ -50,7 +50,7 @@ def test_a_lazy_load_equals_the_reference_load_bit_for_bit(tmp_path, variant, su
     assert torch.equal(loaded.project(features), reference.project(features))
 
 
-def test_no_parameter_is_allocated_or_initialised_before_the_weights_are_assigned(tmp_path, monkeypatch) -> None:
+def test_no_parameter_is_allocated_or_initialised_before_the_weights_are_adopted(tmp_path, monkeypatch) -> None:
     path = _write(checkpoints.ip_adapter_state_dict("ip-adapter-plus_sd15", "small"), tmp_path / "plus.safetensors")
     registered, initialised = [], []
     handle = torch.nn.modules.module.register_module_parameter_registration_hook(
@@ -67,15 +67,15 @@ def test_no_parameter_is_allocated_or_initialised_before_the_weights_are_assigne
         model = IPAdapterModel.from_file(path)
         lazy = (list(registered), list(initialised))
         registered.clear(), initialised.clear()
-        _reference(checkpoints.ip_adapter_state_dict("ip-adapter-plus_sd15", "small"))  # the counters do count
+        torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))  # the counters do count torch's init
     finally:
         handle.remove()
     count = len(list(model.parameters()))
     # Each parameter: created once on the meta device, then registered once more when the file's tensor is
     # assigned; a parameter allocated on the CPU while building would show as an extra "cpu" registration.
     assert lazy[0].count("meta") == count and lazy[0].count("cpu") == count and len(lazy[0]) == 2 * count
-    assert set(lazy[1]) <= {"meta"}, "default init ran on real memory"
-    assert registered.count("cpu") == count and "cpu" in initialised  # the eager build does allocate and init
+    assert lazy[1] == [], "default init ran (not even on the meta device is it needed)"
+    assert registered.count("cpu") == 4 and initialised.count("cpu") >= 2  # a plain torch build allocates and inits
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
