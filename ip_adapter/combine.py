@@ -113,13 +113,25 @@ def image_prompt_from_features(adapter: IPAdapterModel, cond: Tensor, uncond: Te
     """
     cond = combine_features(apply_image_weights(cond, weights), mode)
     if uncond is None:
-        uncond = cond.new_zeros(cond.shape)
+        uncond = cond.new_zeros(1, *cond.shape[1:]).expand(cond.shape)
     elif uncond.shape[0] != cond.shape[0]:
         uncond = uncond.mean(dim=0, keepdim=True) if cond.shape[0] == 1 else uncond
         uncond = uncond.expand(cond.shape[0], *uncond.shape[1:])
     join = (lambda tokens: tokens) if mode is CombineMode.PER_LATENT else concat_images
     return ImagePrompt(
         cond=join(adapter.project(cond)).cpu(),
-        uncond=join(adapter.project(uncond)).cpu(),
+        uncond=join(_project_rows(adapter, uncond)).cpu(),
         spec=adapter.spec,
     )
+
+
+def _project_rows(adapter: IPAdapterModel, features: Tensor) -> Tensor:
+    """`adapter.project(features)`, projecting a row repeated by `expand` (batch stride 0) only once.
+
+    The shared unconditional features of n reference images are one row expanded to n:
+    projecting it n times (a Resampler pass each) would cost n-1 passes for nothing.
+    """
+    if features.shape[0] > 1 and features.stride(0) == 0:
+        one = adapter.project(features[:1])
+        return one.expand(features.shape[0], *one.shape[1:])
+    return adapter.project(features)

@@ -3,17 +3,19 @@
 The three published kinds, re-implemented from the IP-Adapter paper (Ye et al.,
 2023, sec. 3.2) and the authors' released checkpoints. Submodule names equal the
 checkpoint keys under `image_proj.`, so checkpoints load strictly with no key map,
-and every dimension is read from tensor shapes (`*.from_shapes`).
+and every dimension is read from tensor shapes (`*.from_shapes`). Layers are built
+without default initialisation (`uninit`): the checkpoint provides every value.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+
+from . import uninit
 
 #: Head width of the Perceiver attention in every published resampler.
 RESAMPLER_HEAD_DIM = 64
@@ -29,8 +31,8 @@ class ImageProjModel(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.cross_attention_dim = cross_attention_dim
-        self.proj = nn.Linear(clip_dim, tokens * cross_attention_dim)
-        self.norm = nn.LayerNorm(cross_attention_dim)
+        self.proj = uninit.Linear(clip_dim, tokens * cross_attention_dim)
+        self.norm = uninit.LayerNorm(cross_attention_dim)
 
     @classmethod
     def from_shapes(cls, sd: Mapping[str, Tensor]) -> ImageProjModel:
@@ -53,10 +55,10 @@ class MLPProjModel(nn.Module):
     def __init__(self, clip_dim: int, cross_attention_dim: int) -> None:
         super().__init__()
         self.proj = nn.Sequential(
-            nn.Linear(clip_dim, clip_dim),
+            uninit.Linear(clip_dim, clip_dim),
             nn.GELU(),
-            nn.Linear(clip_dim, cross_attention_dim),
-            nn.LayerNorm(cross_attention_dim),
+            uninit.Linear(clip_dim, cross_attention_dim),
+            uninit.LayerNorm(cross_attention_dim),
         )
 
     @classmethod
@@ -80,11 +82,11 @@ class PerceiverAttention(nn.Module):
         inner = heads * dim_head
         self.heads = heads
         self.scale = dim_head ** -0.25
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.norm1 = uninit.LayerNorm(dim)
+        self.norm2 = uninit.LayerNorm(dim)
+        self.to_q = uninit.Linear(dim, inner, bias=False)
+        self.to_kv = uninit.Linear(dim, inner * 2, bias=False)
+        self.to_out = uninit.Linear(inner, dim, bias=False)
 
     def forward(self, features: Tensor, latents: Tensor) -> Tensor:
         """features: [B, n, dim], latents: [B, q, dim] -> [B, q, dim]."""
@@ -102,10 +104,10 @@ class PerceiverAttention(nn.Module):
 def _feed_forward(dim: int, inner: int) -> nn.Sequential:
     """LayerNorm, Linear (no bias), exact GELU, Linear (no bias): keys `.0 .1 .3`."""
     return nn.Sequential(
-        nn.LayerNorm(dim),
-        nn.Linear(dim, inner, bias=False),
+        uninit.LayerNorm(dim),
+        uninit.Linear(dim, inner, bias=False),
         nn.GELU(),
-        nn.Linear(inner, dim, bias=False),
+        uninit.Linear(inner, dim, bias=False),
     )
 
 
@@ -126,10 +128,10 @@ class Resampler(nn.Module):
         ff_inner: int,
     ) -> None:
         super().__init__()
-        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / math.sqrt(dim))
-        self.proj_in = nn.Linear(embedding_dim, dim)
-        self.proj_out = nn.Linear(dim, output_dim)
-        self.norm_out = nn.LayerNorm(output_dim)
+        self.latents = nn.Parameter(torch.empty(1, num_queries, dim))  # from the checkpoint
+        self.proj_in = uninit.Linear(embedding_dim, dim)
+        self.proj_out = uninit.Linear(dim, output_dim)
+        self.norm_out = uninit.LayerNorm(output_dim)
         self.layers = nn.ModuleList(
             nn.ModuleList([PerceiverAttention(dim, heads), _feed_forward(dim, ff_inner)])
             for _ in range(depth)

@@ -4,6 +4,11 @@
 only with `torch.load(weights_only=True)`, which refuses anything but tensors and
 plain containers. TorchScript archives are refused too (loading them runs code).
 Every failure becomes the caller's error type with the file's name in it.
+
+Both are read lazily: the tensors are memory-mapped copy-on-write (safetensors
+always does this on the CPU; `torch.load(mmap=True)` for the zip format every
+`torch.save` since 1.6 writes), so reading costs a header parse, no copy, and
+pages come in only when a weight is used or moved to its device.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def read_tensor_file(path: str | os.PathLike[str], *, what: str, error: type[Exc
         raise error(f"{what} not found: {path}")
     try:
         if name.lower().endswith(PICKLE_SUFFIXES):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _load_pickle(path)
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu")
@@ -46,3 +51,10 @@ def read_tensor_file(path: str | os.PathLike[str], *, what: str, error: type[Exc
             f"Could not read {what} '{name}': {type(exc).__name__}: {str(exc)[:200]}. "
             "The file is truncated or not a checkpoint; download it again."
         ) from None
+
+
+def _load_pickle(path: str) -> object:
+    """`torch.load(weights_only=True)`, memory-mapped when the file is in the zip format."""
+    import zipfile
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))

@@ -95,6 +95,12 @@ def black_image(size: int = 224) -> Tensor:
     return torch.zeros(1, size, size, 3, device=comfy.model_management.intermediate_device())
 
 
+def zero_pixel_key(clip_vision: Any, feature: EncoderFeature) -> tuple:
+    """What `encode_zero_pixels` depends on besides the model object: feature, input size, weight patches."""
+    patcher = getattr(clip_vision, "patcher", None)
+    return feature, getattr(clip_vision, "image_size", 224), getattr(patcher, "patches_uuid", None)
+
+
 def load_for_projection(patcher: comfy.model_patcher.ModelPatcher) -> None:
     load_to_device(patcher)
 

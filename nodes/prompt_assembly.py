@@ -71,7 +71,9 @@ def unconditional_features(adapter: LoadedAdapter, negative: Tensor | None, clip
     *normalised* pixels for plus and face adapters, the encoding of a black image
     for XLabs Flux adapters (both XLabs' and diffusers' Flux pipelines encode
     `np.zeros` as the negative image). `inputs` names the node's (negative,
-    image) inputs for the error messages.
+    image) inputs for the error messages. The zero-pixel and black-image encodings are
+    constant for a given CLIP vision model, so they are computed once per model and kept with
+    the adapter (`LoadedAdapter.zero_pixels`).
     """
     negative_input, image_input = inputs
     if negative is not None:
@@ -88,9 +90,13 @@ def unconditional_features(adapter: LoadedAdapter, negative: Tensor | None, clip
         )
     feature = adapter.spec.feature
     if source is UncondSource.BLACK_IMAGE:
-        uncond = comfy_bridge.encode(clip_vision, comfy_bridge.black_image(), feature, crop=True)
+        def encode() -> Tensor:
+            return comfy_bridge.encode(clip_vision, comfy_bridge.black_image(), feature, crop=True)
     else:
-        uncond = comfy_bridge.encode_zero_pixels(clip_vision, feature, 1)
+        def encode() -> Tensor:
+            return comfy_bridge.encode_zero_pixels(clip_vision, feature, 1)
+    key = (source, *comfy_bridge.zero_pixel_key(clip_vision, feature))
+    uncond = adapter.zero_pixels.get(clip_vision, key, encode)
     check_feature_width(adapter, uncond, node, "clip_vision")
     return uncond
 

@@ -7,13 +7,14 @@ fail at run time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from comfy_api.latest import io
 
 from ..ip_adapter.patch import AdapterModule
 from ..ip_adapter.spec import AdapterSpec
+from ..utils.weak_cache import PerObjectCache
 
 IPAdapterSocket = io.Custom("IP_ADAPTER_CHECKPOINT")
 ImagePromptSocket = io.Custom("IP_ADAPTER_IMAGE_PROMPT")
@@ -21,11 +22,18 @@ ImagePromptSocket = io.Custom("IP_ADAPTER_IMAGE_PROMPT")
 
 @dataclass(frozen=True, eq=False)
 class LoadedAdapter:
-    """A loaded checkpoint: the module, what it is, and the ModelPatcher that owns its weights."""
+    """A loaded checkpoint: the module, what it is, and the ModelPatcher that owns its weights.
 
-    model: AdapterModule  # the family's module (IPAdapterModel for UNets)
-    patcher: Any  # comfy.model_patcher.ModelPatcher
+    `zero_pixels` holds the encoding of zero pixels per CLIP vision model (the
+    unconditional features of plus/full-face adapters): constant for a given model
+    and image size, so it is computed once, and it lives as long as this value
+    does (the executor keeps LoadIPAdapter's output between queues).
+    """
+
+    model: AdapterModule = field(repr=False)  # the family's module; repr=False: a module's repr is long and slow
+    patcher: Any = field(repr=False)  # comfy.model_patcher.ModelPatcher
     name: str
+    zero_pixels: PerObjectCache = field(default_factory=PerObjectCache, repr=False)
 
     @property
     def spec(self) -> AdapterSpec:

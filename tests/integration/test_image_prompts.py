@@ -47,7 +47,10 @@ def _eps(model, adapter, prompt) -> torch.Tensor:
 
 
 def _project(adapter, features: torch.Tensor) -> torch.Tensor:
+    """The adapter's tokens of `features`; one row repeated by `expand` (a shared uncond) is projected once."""
     with torch.inference_mode():
+        if features.shape[0] > 1 and features.stride(0) == 0:
+            return adapter.model.project(features[:1]).repeat(1, features.shape[0], 1)
         return adapter.model.project(features).reshape(1, -1, adapter.spec.cross_attention_dim)
 
 

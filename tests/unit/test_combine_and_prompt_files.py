@@ -93,7 +93,10 @@ def test_concat_without_weights_is_the_plain_projection_bit_for_bit(base_adapter
         cond, uncond = _features(*shape, seed=1), _features(1, *shape[1:], seed=2)
         prompt = image_prompt_from_features(adapter, cond, uncond, CombineMode.CONCAT, None)
         assert torch.equal(prompt.cond, concat_images(adapter.project(cond)))
-        assert torch.equal(prompt.uncond, concat_images(adapter.project(uncond.expand(3, *shape[1:]))))
+        # The shared uncond row is projected once and repeated (not projected 3 times).
+        assert torch.equal(prompt.uncond, concat_images(adapter.project(uncond).repeat(3, 1, 1)))
+        torch.testing.assert_close(prompt.uncond, concat_images(adapter.project(uncond.expand(3, *shape[1:]))),
+                                   rtol=0, atol=1e-5)
         assert prompt.tokens == 3 * adapter.spec.tokens
 
 
