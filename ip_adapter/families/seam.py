@@ -100,11 +100,13 @@ def check_points(injection: FamilyInjection, spec: AdapterSpec, found: Mapping[H
     """
     wanted = injection.points(spec)
     missing = [point for point in wanted.values() if point not in found]
-    if missing or sum(1 for point in found if point.hook == next(iter(wanted.values())).hook) != len(wanted):
+    hook = next(iter(wanted.values())).hook
+    offered = sum(1 for point in found if point.hook == hook)
+    if missing or offered != len(wanted):
         raise ImagePromptError(
             f"{where}: '{adapter_name}' is a {spec.base.value} adapter ({len(wanted)} {_what(spec)} at the "
-            f"{spec.base.value} positions), but the model looks like {model_name}. Load a "
-            f"{spec.base.value} model, or pick an adapter made for this model."
+            f"{spec.base.value} positions), but the model has {offered} {_what(spec)} (looks like {model_name}). "
+            f"Load a {spec.base.value} checkpoint, or pick an adapter made for this model."
         )
     for (layer, point), width in zip(wanted.items(), spec.layer_widths):
         if found[point] != width:
