@@ -27,7 +27,7 @@ wrapped: it runs first and our term wraps the block it calls, so both act.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ from ..attention import AttentionFn, sdpa_attention
 from ..patch import ImageBranch, StepGate
 from ..spec import AdapterSpec, ModelFamily
 from .seam import Backends, HookPoint
-from .unet import move_previous
+from .wrapping import WrapsPrevious
 
 BlockReplace = Callable[[dict, dict], dict]
 
@@ -99,7 +99,7 @@ class _Tap:
 
 
 @dataclass(frozen=True, eq=False)
-class DoubleBlockPatch:
+class DoubleBlockPatch(WrapsPrevious):
     """`("double_block", i)` replace: the block (or the replace that held the key) plus w * Attn(Q_img, K', V').
 
     `image_attention` runs the image term (ComfyUI's selected backend or its
@@ -167,16 +167,6 @@ class DoubleBlockPatch:
             term = term.mul_(mask) if inplace else term * mask
         return term
 
-    def to(self, device_or_dtype: Any) -> DoubleBlockPatch:
-        """As `SlotPatch.to`: frees K/V on other devices; a new object only if the wrapped replace moved."""
-        if isinstance(device_or_dtype, (torch.device, str)):
-            self.branch.release_except(torch.device(device_or_dtype))
-        moved = move_previous(self.previous, device_or_dtype)
-        return self if moved is self.previous else replace(self, previous=moved)
-
-    def models(self) -> list:
-        inner = self.previous.models() if self.previous is not None and hasattr(self.previous, "models") else []
-        return list(self.branch.models) + list(inner)
 
 
 def latent_shape_wrapper(executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

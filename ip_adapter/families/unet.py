@@ -10,7 +10,7 @@ ours adds its term, so adapters stack instead of replacing each other.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,20 +21,13 @@ from ..attention import AttentionFn, image_term
 from ..patch import ImageBranch
 from ..spec import AdapterSpec, BaseModel, ModelFamily
 from .seam import Backends, HookPoint
+from .wrapping import WrapsPrevious
 
 AttnPatch = Callable[[Tensor, Tensor, Tensor, dict], Tensor]
 
 
-def move_previous(previous: Any, device_or_dtype: Any) -> Any:
-    """What a wrapped patch's `.to()` returns (itself when it has none or returns None)."""
-    if previous is None or not hasattr(previous, "to"):
-        return previous
-    moved = previous.to(device_or_dtype)
-    return previous if moved is None else moved
-
-
 @dataclass(frozen=True, eq=False)
-class SlotPatch:
+class SlotPatch(WrapsPrevious):
     """attn2 replace for one slot: `previous(q, k, v) + w * mask * Attn(q, K', V')`.
 
     `previous` is the patch that held the slot before (it then computes the text
@@ -95,22 +88,6 @@ class SlotPatch:
             term = term.mul_(mask) if inplace else term * mask
         return out.add_(term) if inplace and self._owns_output else out + term
 
-    def to(self, device_or_dtype: Any) -> SlotPatch:
-        """Called by ComfyUI on load/offload (which stores what this returns).
-
-        Moves nothing itself and frees K/V left on other devices. If the wrapped
-        patch returns a new object, so does this: a patch that clones share is
-        never changed.
-        """
-        if isinstance(device_or_dtype, (torch.device, str)):
-            self.branch.release_except(torch.device(device_or_dtype))
-        moved = move_previous(self.previous, device_or_dtype)
-        return self if moved is self.previous else replace(self, previous=moved)
-
-    def models(self) -> list:
-        """ModelPatchers ComfyUI must load with the UNet: ours and the wrapped patch's."""
-        inner = self.previous.models() if self.previous is not None and hasattr(self.previous, "models") else []
-        return list(self.branch.models) + list(inner)
 
 
 def slot_patches(

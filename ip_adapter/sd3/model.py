@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import AdapterFormatError
+from ..model import load_checked
 from ..spec import AdapterSpec
 from ..state_dict import read_file
 from .format import SD3AdapterShape, detect_sd3, spec_of
@@ -69,16 +69,7 @@ class SD3Adapter(nn.Module):
         shape = detect_sd3(sd, source)
         with torch.device("meta"):
             model = cls(shape)
-        expected = model.state_dict()
-        wrong = [f"{key} {tuple(sd[key].shape)} (expected {tuple(t.shape)})"
-                 for key, t in expected.items() if key in sd and sd[key].shape != t.shape]
-        if wrong:
-            raise AdapterFormatError(f"'{source}' has tensors of unexpected shape: {'; '.join(wrong[:4])}.")
-        bad = [key for key, t in sd.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-        if bad:
-            raise AdapterFormatError(f"'{source}' has NaN or infinite values in {', '.join(bad[:4])}; download it again.")
-        model.load_state_dict(dict(sd), strict=True, assign=True)
-        return model.eval().requires_grad_(False)
+        return load_checked(model, sd, source)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> SD3Adapter:

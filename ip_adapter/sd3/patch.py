@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..attention import schedule_gate
+from ..families.wrapping import WrapsPrevious
 from ..patch import ALWAYS, StepGate
 from .attention import adapter_query, feature_rows, joint_image_term, mask_tokens, step_timesteps
 from .model import SD3Adapter
@@ -157,7 +158,7 @@ def _plain(func: Any) -> Any:
 
 
 @dataclass(frozen=True, eq=False)
-class JointBlockPatch:
+class JointBlockPatch(WrapsPrevious):
     """`patches_replace["dit"][("double_block", index)]` for one joint block."""
 
     branch: SD3Branch
@@ -212,15 +213,6 @@ class JointBlockPatch:
         out[:, text:] += term
         return out
 
-    def to(self, device_or_dtype: Any) -> JointBlockPatch:
-        """Called by ComfyUI on load/offload: drops tokens held for the last step; the weights move with `models`."""
+    def release_for(self, device_or_dtype: Any) -> None:
+        """Drops the tokens held for the last step; the weights move with `models`."""
         self.branch.release()
-        if self.previous is not None and hasattr(self.previous, "to"):
-            moved = self.previous.to(device_or_dtype)
-            if moved is not None and moved is not self.previous:
-                return JointBlockPatch(self.branch, self.index, moved)
-        return self
-
-    def models(self) -> list:
-        inner = self.previous.models() if self.previous is not None and hasattr(self.previous, "models") else []
-        return list(self.branch.models) + list(inner)
