@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import AdapterFormatError
+from .loading import claims_any, detect
 from .spec import AdapterSpec
-from .state_dict import detect_spec, flatten
+from .state_dict import flatten
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -36,18 +37,19 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 
 Shapes = dict[str, tuple[int, ...]]
 
-#: CLIP-family vision towers by (width, depth): name, and what it is for in messages.
+#: CLIP-family vision towers by (width, depth). Names are the ones `AdapterSpec.encoder` uses
+#: (ViT-L/14 for XLabs Flux, SigLIP so400m-patch14-384 for InstantX SD3.5), so pairing is a string match.
 _TOWERS: dict[tuple[int, int], str] = {
     (1280, 32): "ViT-H/14",
     (1664, 48): "ViT-bigG/14",
     (1024, 24): "ViT-L/14",
-    (1152, 27): "SigLIP so400m/14",
+    (1152, 27): "SigLIP so400m",
 }
 #: Position-embedding rows that mark a higher-resolution variant of a tower.
 _RESOLUTION: dict[tuple[str, int], str] = {
     ("ViT-L/14", 577): "ViT-L/14-336",
-    ("SigLIP so400m/14", 729): "SigLIP so400m/14-384",
-    ("SigLIP so400m/14", 1024): "SigLIP so400m/14-512",
+    ("SigLIP so400m", 729): "SigLIP so400m-patch14-384",  # 27 x 27 patches: the InstantX SD3.5 encoder
+    ("SigLIP so400m", 1024): "SigLIP so400m-512",
 }
 _HF_LAYER = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm1\.weight$")
 _OPENCLIP_LAYER = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.ln_1\.weight$")
@@ -143,11 +145,11 @@ def encoder_of(shapes: Shapes) -> tuple[str, str] | None:
 def classify(path: str, shapes: Shapes) -> Probe:
     """Decide what the tensors describe: an IP-Adapter variant, a vision tower, or something else."""
     name = os.path.basename(path)
-    if any(key.startswith(("image_proj.", "ip_adapter.")) for key in shapes):
-        with torch.device("meta"):
-            tensors = {key: torch.empty(shape) for key, shape in shapes.items()}
+    with torch.device("meta"):
+        tensors = {key: torch.empty(shape) for key, shape in shapes.items()}
+    if claims_any(tensors):  # any family's layout: UNet, XLabs Flux, InstantX SD3.5 (InstantX Flux is refused)
         try:
-            spec = detect_spec(tensors, source=name)
+            spec = detect(tensors, source=name)
         except AdapterFormatError as exc:
             return Probe(path, "other", f"an IP-Adapter file this pack cannot use: {exc}")
         return Probe(path, "adapter", f"IP-Adapter {spec.describe()}", spec=spec)

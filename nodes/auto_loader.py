@@ -3,8 +3,10 @@
 The shortcut beside `Load IP-Adapter` + `Load CLIP Vision` (both keep working): every
 file in `models/clip_vision` (subfolders and `extra_model_paths.yaml` entries included)
 is identified from its safetensors header, whatever its name, and the one the adapter
-was trained with is loaded. When none fits, the error lists each file looked at, what
-it is, and the published file to download and where to put it.
+was trained with is loaded: ViT-H/14 or ViT-bigG/14 for SD1.5/SDXL, OpenAI's ViT-L/14
+for XLabs Flux, SigLIP so400m-patch14-384 for InstantX SD3.5 (any family `loading` knows).
+When none fits, the error lists each file looked at, what it is, and the published file
+to download and where to put it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..ip_adapter.errors import AdapterFormatError
-from ..ip_adapter.model import IPAdapterModel
+from ..ip_adapter.loading import load_adapter
 from ..ip_adapter.models import ENCODER_FOLDER, list_model_files, no_encoder_message, pick_encoder
 from ..ip_adapter.probe import ProbeCache
 from ..utils.model_folders import IPADAPTER_FOLDER, comfy_folders
@@ -71,7 +73,7 @@ class LoadIPAdapterAndCLIPVision(io.ComfyNode):
         fitting = pick_encoder(adapter, looked_at)
         if not fitting:
             raise AdapterFormatError(no_encoder_message(adapter, looked_at, folders))
-        model = IPAdapterModel.from_file(path)
+        model = load_adapter(path)
         clip_vision = load_clip_vision(fitting[0].path)
         logger.info("Loaded IP-Adapter %s (%s) with CLIP vision %s", adapter_name, model.spec.describe(),
                     fitting[0].path)

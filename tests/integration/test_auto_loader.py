@@ -49,3 +49,30 @@ def test_renamed_encoder_in_a_subfolder_is_found_and_loaded(comfy, model_dirs) -
     assert adapter.spec.describe().startswith("SD1.5 plus")
     layers = clip_vision.model.vision_model.encoder.layers
     assert len(layers) == 32 and layers[0].layer_norm1.weight.shape == (1280,)  # ViT-H/14, not the ViT-L file
+
+
+def test_sd35_adapter_without_siglip_names_comfy_orgs_file(comfy, model_dirs) -> None:
+    from support.sd3_models import sd35_adapter_state_dict
+
+    mh.write_tower(model_dirs["clip_vision"] / "vision" / "model.safetensors", "ViT-L/14")
+    sd = sd35_adapter_state_dict(38, 64, clip_dim=1152, dim=64, heads=1, tokens=64, depth=4, timestep_dim=32)
+    checkpoints.save_bin(sd, model_dirs["ipadapter"] / "sd35.bin")
+    with pytest.raises(Exception) as caught:
+        run_node(NODE, adapter_name="sd35.bin")
+    message = str(caught.value)
+    assert "it needs SigLIP so400m-patch14-384" in message
+    assert "clip_vision/vision/model.safetensors: CLIP vision ViT-L/14" in message
+    assert "Comfy-Org/sigclip_vision_384 'sigclip_vision_patch14_384.safetensors'" in message
+
+
+@pytest.mark.slow
+def test_xlabs_flux_adapter_is_loaded_with_the_vit_l_file_found_by_content(comfy, model_dirs) -> None:
+    from support.flux_models import save, xlabs_state_dict
+
+    mh.write_tower(model_dirs["clip_vision"] / "a" / "model.safetensors", "ViT-H/14")
+    mh.write_tower(model_dirs["clip_vision"] / "b" / "renamed.safetensors", "ViT-L/14")
+    save(xlabs_state_dict(16, width=32), model_dirs["ipadapter"] / "flux.safetensors")
+    adapter, clip_vision = run_node(NODE, adapter_name="flux.safetensors")
+    assert adapter.spec.describe().startswith("Flux XLabs v2")
+    layers = clip_vision.model.vision_model.encoder.layers
+    assert len(layers) == 24 and layers[0].layer_norm1.weight.shape == (1024,)  # ViT-L/14, not the ViT-H file

@@ -8,6 +8,11 @@ Download button. An entry is ``{"name", "url", "directory"}`` (``hash``/``hash_t
 optional); downloads are offered only for ``url`` on ``https://huggingface.co/``,
 ``https://civitai.com/`` or ``http://localhost:`` and names ending ``.safetensors``/``.sft``.
 A directory the server does not know is shown as "Invalid directory specified".
+
+One exception, kept narrow: a file whose authors publish it only as a pickle
+(`PublishedFile.pickle_only` in ``ip_adapter/published.py``, the InstantX SD3.5 adapter)
+cannot be a ``.safetensors`` name; it still needs its entry (the dialog lists it with the
+source, without a Download button) and the entry must point at exactly that published file.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from PIL import Image
 
 from . import workflow_files as wf
 from .frontend import FRONTEND_SETTINGS
+from .pack import import_pack
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 DOWNLOADABLE_SUFFIXES = (".safetensors", ".sft")
@@ -45,11 +51,21 @@ def metadata_problems(workflow: Mapping[str, Any]) -> list[str]:
                 continue
             if not str(entry.get("url", "")).startswith(ALLOWED_SOURCES):
                 problems.append(f"{where}: '{value}' url {entry.get('url')!r} is not on {ALLOWED_SOURCES}")
-            if not value.endswith(DOWNLOADABLE_SUFFIXES):
+            if not value.endswith(DOWNLOADABLE_SUFFIXES) and not _published_pickle(value, entry):
                 problems.append(f"{where}: '{value}' cannot be downloaded by the frontend (not .safetensors/.sft)")
             if not entry.get("directory"):
                 problems.append(f"{where}: '{value}' has no directory")
     return problems
+
+
+def _published_pickle(value: str, entry: Mapping[str, Any]) -> bool:
+    """True for a file published only as a pickle, when the entry names its real source and folder."""
+    import_pack()
+    from ipadapter_pack.ip_adapter.published import published
+
+    source = published(value)
+    return (source is not None and source.pickle_only and entry.get("url") == source.url
+            and entry.get("directory") == source.folder)
 
 
 def models_of(paths: Iterable[Path]) -> set[tuple[str, str]]:

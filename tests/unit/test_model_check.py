@@ -157,3 +157,120 @@ def test_registering_a_model_folder_creates_it(tmp_path) -> None:
     register_model_folder(fake, "ipadapter")
     assert (tmp_path / "models" / "ipadapter").is_dir()
     assert ".safetensors" in table["ipadapter"][1]
+
+
+# --- Flux (XLabs) and SD3.5 (InstantX): recognised by content, paired with ViT-L/14 and SigLIP-384 ---
+
+def _siglip_384_shapes() -> dict[str, tuple[int, ...]]:
+    """The vision tower of SigLIP so400m-patch14-384 (Comfy-Org's sigclip_vision_patch14_384.safetensors layout):
+    1152 wide, 27 layers, MLP 4304, 27 x 27 = 729 positions, no class token, an attention-pooling head."""
+    d, ff, e = 1152, 4304, "vision_model."
+    shapes: dict[str, tuple[int, ...]] = {e + "embeddings.patch_embedding.weight": (d, 3, 14, 14),
+                                          e + "embeddings.patch_embedding.bias": (d,),
+                                          e + "embeddings.position_embedding.weight": (729, d)}
+    for i in range(27):
+        p = f"{e}encoder.layers.{i}."
+        for n in ("layer_norm1", "layer_norm2"):
+            shapes[p + n + ".weight"] = shapes[p + n + ".bias"] = (d,)
+        for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[p + f"self_attn.{n}.weight"], shapes[p + f"self_attn.{n}.bias"] = (d, d), (d,)
+        shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (ff, d), (ff,)
+        shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (d, ff), (d,)
+    shapes.update({e + "post_layernorm.weight": (d,), e + "post_layernorm.bias": (d,), e + "head.probe": (1, 1, d),
+                   e + "head.attention.in_proj_weight": (3 * d, d), e + "head.attention.in_proj_bias": (3 * d,),
+                   e + "head.attention.out_proj.weight": (d, d), e + "head.attention.out_proj.bias": (d,)})
+    return shapes
+
+
+def _openai_clip_l_with_text(path):
+    """OpenAI's clip-vit-large-patch14 model.safetensors: the ViT-L/14 vision tower plus the text tower."""
+    from support.clip_vision_files import clip_vision_shapes
+
+    shapes = clip_vision_shapes(mh.TOWERS["ViT-L/14"], "hf")
+    shapes.update({f"text_model.encoder.layers.{i}.layer_norm1.weight": (768,) for i in range(12)})
+    shapes.update({"text_model.embeddings.token_embedding.weight": (49408, 768), "text_projection.weight": (768, 768),
+                   "logit_scale": ()})
+    return mh.write_shapes(path, shapes)
+
+
+def _instantx_flux_shapes() -> dict[str, tuple[int, ...]]:
+    shapes = {"image_proj.proj.0.weight": (2304, 1152), "image_proj.proj.0.bias": (2304,),
+              "image_proj.proj.2.weight": (128 * 4096, 2304), "image_proj.proj.2.bias": (128 * 4096,),
+              "image_proj.norm.weight": (4096,), "image_proj.norm.bias": (4096,)}
+    shapes.update({f"ip_adapter.{i}.to_{kv}_ip.weight": (3072, 4096) for i in range(57) for kv in "kv"})
+    return shapes
+
+
+@pytest.mark.parametrize(("tokens", "variant"), [(4, "XLabs v1"), (16, "XLabs v2")])
+def test_xlabs_flux_adapters_are_recognised_and_need_vit_l(tmp_path, tokens: int, variant: str) -> None:
+    from support.flux_models import xlabs_shapes
+
+    probe = probe_file(mh.write_shapes(tmp_path / "whatever.safetensors", xlabs_shapes(tokens)))
+    assert probe.kind == "adapter", probe.what
+    assert probe.spec is not None and probe.spec.variant == variant and probe.spec.tokens == tokens
+    assert probe.spec.encoder == "ViT-L/14" and probe.what.startswith(f"IP-Adapter Flux {variant}")
+
+
+def test_instantx_sd35_adapter_is_recognised_from_its_bin_and_needs_siglip_384(tmp_path) -> None:
+    from support.sd3_models import sd35_adapter_state_dict
+
+    sd = sd35_adapter_state_dict(38, 64, clip_dim=1152, dim=64, heads=1, tokens=64, depth=4, timestep_dim=32)
+    path = checkpoints.save_bin(sd, tmp_path / "ip-adapter.bin")  # nested, as the release's pickle
+    probe = probe_file(path)
+    assert probe.kind == "adapter", probe.what
+    assert probe.spec is not None and probe.spec.base.value == "SD3.5" and probe.spec.layer_count == 38
+    assert probe.spec.encoder == "SigLIP so400m-patch14-384"
+
+
+def test_siglip_and_openai_clip_files_are_named_as_the_adapters_need_them(tmp_path) -> None:
+    siglip = probe_file(mh.write_shapes(tmp_path / "sigclip.safetensors", _siglip_384_shapes()))
+    assert (siglip.kind, siglip.encoder) == ("encoder", "SigLIP so400m-patch14-384"), siglip.what
+    clip_l = probe_file(_openai_clip_l_with_text(tmp_path / "model.safetensors"))
+    assert (clip_l.kind, clip_l.encoder) == ("encoder", "ViT-L/14"), clip_l.what
+
+
+def test_instantx_flux_is_recognised_and_reported_as_unsupported(tmp_path) -> None:
+    probe = probe_file(mh.write_shapes(tmp_path / "ip-adapter.safetensors", _instantx_flux_shapes()))
+    assert probe.kind == "other" and probe.spec is None
+    assert "cannot use" in probe.what and "InstantX's FLUX.1-dev-IP-Adapter" in probe.what
+    assert "not supported" in probe.what and "XLabs' flux-ip-adapter" in probe.what
+
+
+def test_flux_and_sd35_adapters_pair_by_content_and_name_their_downloads(tmp_path) -> None:
+    from support.flux_models import xlabs_shapes
+    from support.sd3_models import sd35_adapter_shapes
+
+    ipa, vision = tmp_path / "ipadapter", tmp_path / "clip_vision"
+    mh.write_shapes(ipa / "flux" / "v2.safetensors", xlabs_shapes(16))
+    mh.write_shapes(ipa / "sd35.safetensors", sd35_adapter_shapes(38, 2432))
+    mh.write_shapes(ipa / "instantx-flux.safetensors", _instantx_flux_shapes())
+    mh.write_tower(vision / "h.safetensors", "ViT-H/14")
+    folders = {"ipadapter": [str(ipa)], "clip_vision": [str(vision)]}
+    data = check.build_report(folders).as_dict()
+    by_file = {a["file"]: a for a in data["adapters"]}
+    assert set(by_file) == {"ipadapter/flux/v2.safetensors", "ipadapter/sd35.safetensors"}
+    assert by_file["ipadapter/flux/v2.safetensors"]["needs"] == "ViT-L/14" and data["ready"] == 0
+    assert by_file["ipadapter/sd35.safetensors"]["needs"] == "SigLIP so400m-patch14-384"
+    assert {m["name"]: m["url"] for m in data["missing"]} == {
+        "clip-vit-large-patch14.safetensors":
+            "https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/model.safetensors",
+        "sigclip_vision_patch14_384.safetensors":
+            "https://huggingface.co/Comfy-Org/sigclip_vision_384/resolve/main/sigclip_vision_patch14_384.safetensors"}
+    others = {o["file"]: o["what"] for o in data["other_files"]}
+    assert "not supported" in others["ipadapter/instantx-flux.safetensors"]
+
+    _openai_clip_l_with_text(vision / "renamed" / "model.safetensors")
+    mh.write_shapes(vision / "siglip.safetensors", _siglip_384_shapes())
+    paired = {a["file"]: a for a in check.build_report(folders).as_dict()["adapters"]}
+    assert paired["ipadapter/flux/v2.safetensors"]["encoders"] == ["clip_vision/renamed/model.safetensors"]
+    assert paired["ipadapter/sd35.safetensors"]["encoders"] == ["clip_vision/siglip.safetensors"]
+
+
+def test_flux_and_sd35_published_sources() -> None:
+    assert ADAPTERS["flux-ip-adapter.safetensors"].url == (
+        "https://huggingface.co/XLabs-AI/flux-ip-adapter/resolve/main/ip_adapter.safetensors")
+    assert ADAPTERS["flux-ip-adapter-v2.safetensors"].renamed
+    instantx = ADAPTERS["ip-adapter_sd35_large_instantx.bin"]
+    assert instantx.pickle_only and instantx.path == "ip-adapter.bin"
+    assert published("flux1-dev.safetensors").gated and "gated" in published("sd3.5_large.safetensors").how_to_get()
+    assert ENCODERS["ViT-L/14"].name == "clip-vit-large-patch14.safetensors"

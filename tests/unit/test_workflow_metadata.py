@@ -43,3 +43,15 @@ def test_the_metadata_check_catches_a_missing_or_refused_entry() -> None:
     problems = "\n".join(fm.metadata_problems(workflow))
     assert "(LoadIPAdapter): 'ip-adapter_sd15.safetensors' has no properties.models entry" in problems
     assert "url 'https://example.com/model.safetensors' is not on" in problems
+
+
+def test_only_a_published_pickle_may_be_a_non_safetensors_name() -> None:
+    """The InstantX SD3.5 adapter exists only as ip-adapter.bin; any other .bin, or a wrong source, is flagged."""
+    workflow = copy.deepcopy(wf.load(wf.WORKFLOWS_DIR / "sd35_image_prompt.json"))
+    loader = next(n for n in workflow["nodes"] if n["type"] == "LoadIPAdapter")
+    assert loader["widgets_values"][0].endswith(".bin") and fm.metadata_problems(workflow) == []
+    loader["properties"]["models"][0]["url"] = "https://huggingface.co/someone/else/resolve/main/ip-adapter.bin"
+    assert any("cannot be downloaded by the frontend" in p for p in fm.metadata_problems(workflow))
+    loader["widgets_values"][0] = loader["properties"]["models"][0]["name"] = "ip-adapter_sd15.bin"
+    loader["properties"]["models"][0]["url"] = "https://huggingface.co/h94/IP-Adapter/resolve/main/models/ip-adapter_sd15.bin"
+    assert any("'ip-adapter_sd15.bin' cannot be downloaded" in p for p in fm.metadata_problems(workflow))
