@@ -11,10 +11,12 @@ from typing import Any
 from .engine import Context, Converted, Embeds, Rule, Unmappable
 from .graph import Link, NewRef, Node, Ref
 from .presets import PRESETS
-from .tables import COMBINES, SCALINGS
+from .tables import COMBINES, OUR_DEFAULTS, SCALINGS
 
 #: IPAdapter (the simple node) weight types -> ours, as the incumbent translates them.
 SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
+#: Apply IP-Adapter's weight-over-steps / per-latent widgets (issue 16); their defaults keep the plain behaviour.
+FRAME_WIDGETS = ("weight_schedule", "end_weight", "step_weights", "latent_weights")
 WEIGHT_MAX = 3.0  # ApplyIPAdapter's weight range is [-1, 3]; the incumbent's advanced nodes go to 5
 MIDDLE_NOTE = ("This pack also patches the UNet's middle block, which ComfyUI_IPAdapter_plus registers under a key "
                "ComfyUI never calls: converted graphs carry the adapter there too (README: 'Coming from "
@@ -126,7 +128,8 @@ def prompt(ctx: Context, adapter: Ref, clip: Ref, embeds: Embeds, negative: Ref 
                              "Encode Image Prompt's image_weights needs one number per image")
         text = ", ".join(f"{w:g}" for w, n in zip(weights, counts) for _ in range(n))  # type: ignore[arg-type]
     inputs: dict[str, Any] = dict(ip_adapter=adapter, clip_vision=clip, image=image, fit=fits.pop(),
-                                  combine_embeds=embeds.method, image_weights=text)
+                                  combine_embeds=embeds.method, image_weights=text,
+                                  crop_position=OUR_DEFAULTS["crop_position"], encode_chunk=OUR_DEFAULTS["encode_chunk"])
     if negative is not None:
         inputs["negative_image"] = negative
     return ctx.add("EncodeImagePrompt", f"{suffix}encode", **inputs)
@@ -138,7 +141,7 @@ def apply(ctx: Context, node: Node, model: Any, adapter: Ref, image_prompt: Ref,
         model=model, ip_adapter=adapter, image_prompt=image_prompt, weight=weight_value,
         start_percent=number(node, "start_at"), end_percent=number(node, "end_at"), weight_type=weight_type,
         embeds_scaling=choice(node, "embeds_scaling", SCALINGS) if "embeds_scaling" in node.inputs else "V only",
-        layer_weights="")
+        layer_weights="", **{name: OUR_DEFAULTS[name] for name in FRAME_WIDGETS})
     if linked(node, "attn_mask"):
         inputs["attn_mask"] = ctx.ref(node.inputs["attn_mask"])
     return ctx.add("ApplyIPAdapter", f"{suffix}apply", **inputs)

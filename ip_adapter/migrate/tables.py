@@ -75,23 +75,27 @@ OURS: dict[str, NodeTable] = {
     "LoadIPAdapter": NodeTable(("adapter_name",), (), (("ip_adapter", "IP_ADAPTER_CHECKPOINT"),), (315, 58)),
     "CLIPVisionLoader": NodeTable(("clip_name",), (), (("CLIP_VISION", "CLIP_VISION"),), (315, 58)),
     "EncodeImagePrompt": NodeTable(
-        ("fit", "combine_embeds", "image_weights"),
+        ("fit", "combine_embeds", "image_weights", "crop_position", "encode_chunk"),
         (("ip_adapter", "IP_ADAPTER_CHECKPOINT", False), ("clip_vision", "CLIP_VISION", False),
          ("image", "IMAGE", False), ("negative_image", "IMAGE", True)),
-        (("image_prompt", "IP_ADAPTER_IMAGE_PROMPT"),), (300, 130)),
+        (("image_prompt", "IP_ADAPTER_IMAGE_PROMPT"),), (300, 180)),
     "ApplyIPAdapter": NodeTable(
-        ("weight", "start_percent", "end_percent", "weight_type", "embeds_scaling", "layer_weights"),
+        ("weight", "start_percent", "end_percent", "weight_type", "embeds_scaling", "layer_weights",
+         "weight_schedule", "end_weight", "step_weights", "latent_weights"),
         (("model", "MODEL", False), ("ip_adapter", "IP_ADAPTER_CHECKPOINT", False),
-         ("image_prompt", "IP_ADAPTER_IMAGE_PROMPT", False), ("attn_mask", "MASK", True)),
-        (("MODEL", "MODEL"),), (300, 220)),
+         ("image_prompt", "IP_ADAPTER_IMAGE_PROMPT", False), ("attn_mask", "MASK", True),
+         ("latent_weights_list", "FLOAT", True)),
+        (("MODEL", "MODEL"),), (300, 340)),
     "ImageBatch": NodeTable((), (("image1", "IMAGE", False), ("image2", "IMAGE", False)),
                             (("IMAGE", "IMAGE"),), (210, 46)),
 }
 
 #: Our widget defaults, for widget inputs a converted node takes from a link instead.
 OUR_DEFAULTS: dict[str, object] = {
-    "fit": "center crop", "combine_embeds": "concat", "image_weights": "", "weight": 1.0, "start_percent": 0.0,
-    "end_percent": 1.0, "weight_type": "linear", "embeds_scaling": "V only", "layer_weights": "",
+    "fit": "center crop", "combine_embeds": "concat", "image_weights": "", "crop_position": "center",
+    "encode_chunk": 16, "weight": 1.0, "start_percent": 0.0, "end_percent": 1.0, "weight_type": "linear",
+    "embeds_scaling": "V only", "layer_weights": "", "weight_schedule": "constant", "end_weight": 1.0,
+    "step_weights": "", "latent_weights": "",
 }
 
 #: The incumbent's node types that are left as they are, and why / what to do.
