@@ -176,7 +176,7 @@ def test_unmapped_nodes_stay_and_every_incumbent_node_is_reported() -> None:
     assert "Save Image Prompt" in messages["13"] and "pickle" in messages["13"]
     assert "Load Image Prompt" in messages["14"]
     assert "InsightFace" in messages["7"]
-    assert "issue 16" in messages["11"]
+    assert "sharpening 0.1" in messages["11"]  # IPAdapterTiled with sharpening: no counterpart
     assert "IPAdapterLoadEmbeds" in messages["15"]
     assert "outside this pack's range [-1, 3]" in messages["16"]
     assert report.needs_incumbent and "keep that pack installed" in report.text()
@@ -185,7 +185,7 @@ def test_unmapped_nodes_stay_and_every_incumbent_node_is_reported() -> None:
     assert apply["inputs"]["model"] == ["16", 0]
 
 
-@pytest.mark.parametrize("crop,sharpening", [("top", 0.0), ("center", 0.3)])
+@pytest.mark.parametrize("crop,sharpening", [("top", 0.2), ("center", 0.3)])
 def test_prep_image_without_a_fit_here_is_left(crop: str, sharpening: float) -> None:
     original = load("api", "loader_simple_prep")
     original["8"]["inputs"].update(crop_position=crop, sharpening=sharpening)
