@@ -194,16 +194,26 @@ def plan(graph: Graph, rules: dict[str, Rule], report: Report) -> Plan:
             new.mode = node.mode
         new_nodes.extend(ctx.pending)
         converted[node_id] = done
-    removed = set()
+    # A converted node goes only when every reader can take its replacement; a node kept beside its
+    # replacement still reads the old outputs, so its sources must stay too (repeat until nothing changes).
+    removed = set(converted)
+    blocked: dict[str, list[tuple[str, str]]] = {}
+    while True:
+        for node_id in sorted(removed):
+            done = converted[node_id]
+            blockers = sorted({(c, graph.nodes[c].type) for c, _, slot in graph.consumers(node_id)
+                               if c not in removed and slot not in done.compatible and graph.nodes[c].type != "Reroute"})
+            if blockers:
+                blocked[node_id] = blockers
+        if not blocked.keys() & removed:
+            break
+        removed -= blocked.keys()
     for node_id, done in converted.items():
-        blockers = sorted({(c, graph.nodes[c].type) for c, _, slot in graph.consumers(node_id)
-                           if c not in converted and slot not in done.compatible and graph.nodes[c].type != "Reroute"})
         node = graph.nodes[node_id]
-        if blockers:
-            names = ", ".join(f"{c} ({t})" for c, t in blockers)
+        if node_id not in removed:
+            names = ", ".join(f"{c} ({t})" for c, t in blocked[node_id])
             report.kept(node, [n.type for n in new_nodes if n.anchor == node_id],
                         f"kept beside its replacement because node(s) {names} still read its output", done.note)
         else:
-            removed.add(node_id)
             report.converted(node, [n.type for n in new_nodes if n.anchor == node_id], done.note)
     return Plan(graph, new_nodes, converted, removed, report)

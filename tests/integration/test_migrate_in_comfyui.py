@@ -31,8 +31,8 @@ migrate = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate"
 OURS = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate.tables").OURS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "migrate"
-MAPPED = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl")
-SD15 = ("unified_advanced", "loader_simple_prep", "embeds")
+MAPPED = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl", "batch_tiled_prep")
+SD15 = ("unified_advanced", "loader_simple_prep", "embeds", "batch_tiled_prep")
 EXTRAS = ["nodes_mask.py"]  # SolidMask
 
 

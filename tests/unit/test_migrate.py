@@ -18,7 +18,7 @@ from ipadapter_pack.ip_adapter.migrate.presets import PRESETS
 from ipadapter_pack.ip_adapter.migrate.tables import INCUMBENT, OURS, UNMAPPED
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "migrate"
-NAMES = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl", "unmapped")
+NAMES = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl", "batch_tiled_prep", "unmapped")
 VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 #: Issue 16's optional widgets, written with their defaults (the plain behaviour) unless a rule sets them.
 ENCODE = {"crop_position": "center", "encode_chunk": 16}
