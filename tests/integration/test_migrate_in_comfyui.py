@@ -123,6 +123,7 @@ def test_converted_workflow_runs(comfy_server, name: str) -> None:
             node["inputs"]["filename_prefix"] = f"migrated_{name}"
     outputs = _run(comfy_server, prompt)
     images = [entry for node in outputs.values() for entry in node.get("images", [])]
-    assert len(images) == 1
+    latents = [n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"]
+    assert len(images) == latents[0]  # batch_tiled_prep: two latents, one reference each
     pixels = np.asarray(Image.open(comfy_server.folder("output") / images[0]["subfolder"] / images[0]["filename"]))
     assert pixels.shape == (64, 64, 3)
