@@ -136,10 +136,12 @@ UNMAPPED: dict[str, str] = {
     "IPAdapterCombineParams": "Regional params have no counterpart yet (see IPAdapterRegionalConditioning).",
     "IPAdapterPreciseStyleTransfer": "style_boost has no input here; use Apply IP-Adapter with weight_type "
                                      "'style transfer precise' (style_boost = weight) by hand.",
-    "IPAdapterPreciseStyleTransferBatch": "Per-latent batches and style_boost have no counterpart here.",
+    "IPAdapterPreciseStyleTransferBatch": "style_boost has no input here; use Encode Image Prompt (combine_embeds 'one "
+                                          "per latent') and Apply IP-Adapter ('style transfer precise') by hand.",
     "IPAdapterPreciseComposition": "composition_boost has no input here; use Apply IP-Adapter with weight_type "
                                    "'composition precise' by hand.",
-    "IPAdapterPreciseCompositionBatch": "Per-latent batches and composition_boost have no counterpart here.",
+    "IPAdapterPreciseCompositionBatch": "composition_boost has no input here; use Encode Image Prompt (combine_embeds "
+                                        "'one per latent') and Apply IP-Adapter ('composition precise') by hand.",
     "IPAdapterWeights": WEIGHTS_LEFT,
     "IPAdapterWeightsFromStrategy": WEIGHTS_LEFT,
     "IPAdapterPromptScheduleFromWeightsStrategy": "Prompt schedules from a weights strategy have no counterpart here "
