@@ -138,3 +138,20 @@ def test_ui_file_saved_before_encode_batch_size_gets_the_default_of_then() -> No
 def test_nodes_now_mapped_are_no_longer_unmapped() -> None:
     assert not {"IPAdapterBatch", "IPAdapterTiled"} & set(UNMAPPED)
     assert all("issue 16" not in why for why in UNMAPPED.values())
+
+
+def test_ui_batch_weight_link_becomes_the_latent_weights_list_socket() -> None:
+    ui = load("ui")
+    ui["nodes"].append({"id": 30, "type": "IPAdapterWeights", "pos": [0, 2000], "size": [315, 200], "flags": {},
+                        "order": 0, "mode": 0, "inputs": [{"name": "image", "type": "IMAGE", "link": None, "shape": 7}],
+                        "outputs": [{"name": "weights", "type": "FLOAT", "links": [40], "slot_index": 0}],
+                        "properties": {}, "widgets_values": ["1.0, 0.2", "linear", 0, 0, 9999, 0, 0, "full batch"]})
+    batch = next(n for n in ui["nodes"] if n["type"] == "IPAdapterBatch")
+    batch["inputs"].append({"name": "weight", "type": "FLOAT", "widget": {"name": "weight"}, "link": 40})
+    ui["links"].append([40, 30, 0, batch["id"], len(batch["inputs"]) - 1, "FLOAT"])
+    converted, _ = convert(ui)
+    apply = next(n for n in converted["nodes"] if n["type"] == "ApplyIPAdapter")
+    assert apply["widgets_values"] == [1.0, 0.1, 0.9, "ease in", "K+V", "", *FRAMES.values()]
+    (link,) = [link for link in converted["links"] if link[1] == 30]
+    socket = apply["inputs"][link[4]]
+    assert (link[3], socket["name"], socket["link"], link[5]) == (apply["id"], "latent_weights_list", link[0], "FLOAT")
