@@ -12,7 +12,7 @@ from typing import Any
 from .engine import PLAIN_FIT, Context, Converted, Embeds, Unmappable
 from .graph import Link, Node
 from .rules import _model, _negative, apply, choice, linked, literal, prompt, weight
-from .tables import COMBINES, OUR_DEFAULTS
+from .tables import COMBINES, ENCODE_CHUNK
 
 PER_LATENT = "one per latent"
 BATCH_NOTE = ("reference i on latent i (Encode Image Prompt combine_embeds 'one per latent'). Differs: the incumbent "
@@ -36,7 +36,7 @@ def batch(node: Node, ctx: Context) -> Converted:
     size = literal(node, "encode_batch_size", (int,))
     # 0 is the incumbent's "all images in one encoder call"; the chunk changes peak memory only, not the tokens.
     image_prompt = prompt(ctx, adapter, clip, embeds, _negative(ctx, node), "",
-                          encode_chunk=size if size > 0 else OUR_DEFAULTS["encode_chunk"])
+                          encode_chunk=size if size > 0 else ENCODE_CHUNK)
     value = node.inputs.get("weight")
     frames: dict[str, Any] = {}
     note = BATCH_NOTE

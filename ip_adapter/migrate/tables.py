@@ -100,10 +100,13 @@ OURS: dict[str, NodeTable] = {
                             (("IMAGE", "IMAGE"),), (210, 46)),
 }
 
+#: Encode Image Prompt's encode_chunk default (images per CLIP vision call).
+ENCODE_CHUNK = 16
+
 #: Our widget defaults, for widget inputs a converted node takes from a link instead.
 OUR_DEFAULTS: dict[str, object] = {
     "fit": "center crop", "combine_embeds": "concat", "image_weights": "", "crop_position": "center",
-    "encode_chunk": 16, "weight": 1.0, "start_percent": 0.0, "end_percent": 1.0, "weight_type": "linear",
+    "encode_chunk": ENCODE_CHUNK, "weight": 1.0, "start_percent": 0.0, "end_percent": 1.0, "weight_type": "linear",
     "embeds_scaling": "V only", "layer_weights": "", "weight_schedule": "constant", "end_weight": 1.0,
     "step_weights": "", "latent_weights": "",
 }
