@@ -12,9 +12,13 @@ from typing import Any
 
 from . import api_format, ui_format
 from .engine import plan
+from .frame_rules import batch, tiled
 from .graph import MigrationError
 from .report import Report
-from .rules import MIDDLE_NOTE, PLUS_UNCOND_NOTE, RULES
+from .rules import MIDDLE_NOTE, PLUS_UNCOND_NOTE
+from .rules import RULES as PLAIN_RULES
+
+RULES = {**PLAIN_RULES, "IPAdapterBatch": batch, "IPAdapterTiled": tiled}
 
 __all__ = ["MigrationError", "Report", "convert", "detect_format"]
 

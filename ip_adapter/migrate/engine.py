@@ -22,11 +22,16 @@ class Unmappable(Exception):
     """This node cannot be converted; the message says why and what to do."""
 
 
+#: How Encode Image Prompt should fit an image: (fit, crop_position).
+Fit = tuple[str, str]
+PLAIN_FIT: Fit = ("center crop", "center")
+
+
 @dataclass(frozen=True)
 class Embeds:
     """What an incumbent EMBEDS value holds: images with weights, combined by `method`."""
 
-    images: tuple[tuple[Ref, float, str], ...]  # (image, weight, fit)
+    images: tuple[tuple[Ref, float, Fit], ...]  # (image, weight, fit)
     method: str
     adapter: Ref
     clip_vision: Ref | None
@@ -43,7 +48,7 @@ class Converted:
     adapter: Ref | None = None  # our adapter, for an IPADAPTER output
     clip_vision: Ref | None = None  # the CLIP vision that comes with an IPADAPTER output
     embeds: dict[int, Embeds] = field(default_factory=dict)
-    fit: str | None = None  # PrepImageForClipVision: how the encoder should fit the image
+    fit: Fit | None = None  # PrepImageForClipVision: how the encoder should fit the image
     note: str = ""
 
 
@@ -127,7 +132,7 @@ class Context:
             raise Unmappable("its ipadapter input is not an IP-Adapter")
         return source.adapter, clip
 
-    def image(self, value: Any, what: str) -> tuple[Ref, str]:
+    def image(self, value: Any, what: str) -> tuple[Ref, Fit]:
         """(image source, fit) for an IMAGE input; a converted PrepImageForClipVision gives its fit."""
         if not isinstance(value, Link):
             raise Unmappable(f"its {what} input is not connected")
@@ -135,7 +140,7 @@ class Context:
         done = self.converted.get(node.id)
         if done is not None and done.fit is not None:
             return done.outputs[0], done.fit
-        return value, "center crop"
+        return value, PLAIN_FIT
 
     def embeds(self, value: Any, what: str) -> Embeds:
         source = self.converted_source(value, what)
@@ -189,16 +194,26 @@ def plan(graph: Graph, rules: dict[str, Rule], report: Report) -> Plan:
             new.mode = node.mode
         new_nodes.extend(ctx.pending)
         converted[node_id] = done
-    removed = set()
+    # A converted node goes only when every reader can take its replacement; a node kept beside its
+    # replacement still reads the old outputs, so its sources must stay too (repeat until nothing changes).
+    removed = set(converted)
+    blocked: dict[str, list[tuple[str, str]]] = {}
+    while True:
+        for node_id in sorted(removed):
+            done = converted[node_id]
+            blockers = sorted({(c, graph.nodes[c].type) for c, _, slot in graph.consumers(node_id)
+                               if c not in removed and slot not in done.compatible and graph.nodes[c].type != "Reroute"})
+            if blockers:
+                blocked[node_id] = blockers
+        if not blocked.keys() & removed:
+            break
+        removed -= blocked.keys()
     for node_id, done in converted.items():
-        blockers = sorted({(c, graph.nodes[c].type) for c, _, slot in graph.consumers(node_id)
-                           if c not in converted and slot not in done.compatible and graph.nodes[c].type != "Reroute"})
         node = graph.nodes[node_id]
-        if blockers:
-            names = ", ".join(f"{c} ({t})" for c, t in blockers)
+        if node_id not in removed:
+            names = ", ".join(f"{c} ({t})" for c, t in blocked[node_id])
             report.kept(node, [n.type for n in new_nodes if n.anchor == node_id],
                         f"kept beside its replacement because node(s) {names} still read its output", done.note)
         else:
-            removed.add(node_id)
             report.converted(node, [n.type for n in new_nodes if n.anchor == node_id], done.note)
     return Plan(graph, new_nodes, converted, removed, report)

@@ -11,10 +11,14 @@ from typing import Any
 from .engine import Context, Converted, Embeds, Rule, Unmappable
 from .graph import Link, NewRef, Node, Ref
 from .presets import PRESETS
-from .tables import COMBINES, SCALINGS
+from .tables import COMBINES, OUR_DEFAULTS, SCALINGS
 
 #: IPAdapter (the simple node) weight types -> ours, as the incumbent translates them.
 SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
+#: PrepImageForClipVision's crop positions: 'pad', or a square crop where Encode Image Prompt's crop_position says.
+PREP_CROPS = ("center", "top", "bottom", "left", "right", "pad")
+#: Apply IP-Adapter's weight-over-steps / per-latent widgets (issue 16); their defaults keep the plain behaviour.
+FRAME_WIDGETS = ("weight_schedule", "end_weight", "step_weights", "latent_weights")
 WEIGHT_MAX = 3.0  # ApplyIPAdapter's weight range is [-1, 3]; the incumbent's advanced nodes go to 5
 MIDDLE_NOTE = ("This pack also patches the UNet's middle block, which ComfyUI_IPAdapter_plus registers under a key "
                "ComfyUI never calls: converted graphs carry the adapter there too (README: 'Coming from "
@@ -109,7 +113,8 @@ def image_count(ctx: Context, ref: Ref) -> int | None:
     return None
 
 
-def prompt(ctx: Context, adapter: Ref, clip: Ref, embeds: Embeds, negative: Ref | None, suffix: str) -> NewRef:
+def prompt(ctx: Context, adapter: Ref, clip: Ref, embeds: Embeds, negative: Ref | None, suffix: str,
+           encode_chunk: int | None = None) -> NewRef:
     """EncodeImagePrompt for the images of `embeds` (batched with ImageBatch when several)."""
     fits = {fit for _, _, fit in embeds.images}
     if len(fits) > 1:
@@ -125,20 +130,23 @@ def prompt(ctx: Context, adapter: Ref, clip: Ref, embeds: Embeds, negative: Ref 
             raise Unmappable("an encoder weight other than 1 applies to an image batch of unknown size; "
                              "Encode Image Prompt's image_weights needs one number per image")
         text = ", ".join(f"{w:g}" for w, n in zip(weights, counts) for _ in range(n))  # type: ignore[arg-type]
-    inputs: dict[str, Any] = dict(ip_adapter=adapter, clip_vision=clip, image=image, fit=fits.pop(),
-                                  combine_embeds=embeds.method, image_weights=text)
+    fit, crop_position = fits.pop()
+    inputs: dict[str, Any] = dict(ip_adapter=adapter, clip_vision=clip, image=image, fit=fit,
+                                  combine_embeds=embeds.method, image_weights=text, crop_position=crop_position,
+                                  encode_chunk=OUR_DEFAULTS["encode_chunk"] if encode_chunk is None else encode_chunk)
     if negative is not None:
         inputs["negative_image"] = negative
     return ctx.add("EncodeImagePrompt", f"{suffix}encode", **inputs)
 
 
 def apply(ctx: Context, node: Node, model: Any, adapter: Ref, image_prompt: Ref, weight_value: Any,
-          weight_type: str, suffix: str = "") -> NewRef:
+          weight_type: str, suffix: str = "", **frames: Any) -> NewRef:
+    """ApplyIPAdapter with the node's window, scaling and mask; `frames` overrides issue 16's widget defaults."""
     inputs: dict[str, Any] = dict(
         model=model, ip_adapter=adapter, image_prompt=image_prompt, weight=weight_value,
         start_percent=number(node, "start_at"), end_percent=number(node, "end_at"), weight_type=weight_type,
         embeds_scaling=choice(node, "embeds_scaling", SCALINGS) if "embeds_scaling" in node.inputs else "V only",
-        layer_weights="")
+        layer_weights="", **{name: OUR_DEFAULTS[name] for name in FRAME_WIDGETS}, **frames)
     if linked(node, "attn_mask"):
         inputs["attn_mask"] = ctx.ref(node.inputs["attn_mask"])
     return ctx.add("ApplyIPAdapter", f"{suffix}apply", **inputs)
@@ -257,16 +265,16 @@ def embeds_apply(node: Node, ctx: Context) -> Converted:
 def prep_image(node: Node, ctx: Context) -> Converted:
     crop = literal(node, "crop_position")
     sharpening = node.inputs.get("sharpening")
-    if crop not in ("center", "pad") or sharpening not in (0, 0.0):
-        raise Unmappable(f"crop_position '{crop}' / sharpening {sharpening!r}: Encode Image Prompt's fit offers only "
-                         "center crop, pad and stretch, without sharpening; keep this node (it still works with "
-                         "ComfyUI_IPAdapter_plus) or crop the image with ComfyUI's ImageCrop")
+    if crop not in PREP_CROPS or sharpening not in (0, 0.0):
+        raise Unmappable(f"crop_position '{crop}' / sharpening {sharpening!r}: Encode Image Prompt has no sharpening; "
+                         "keep this node (it still works with ComfyUI_IPAdapter_plus) or set sharpening to 0")
     image = linked(node, "image")
     if image is None:
         raise Unmappable("its image input is not connected")
-    return Converted(outputs={0: ctx.ref(image)}, fit="center crop" if crop == "center" else "pad",
-                     note="folded into Encode Image Prompt's fit "
-                          f"('{'center crop' if crop == 'center' else 'pad'}'; its resize to 224 px is the encoder's own)")
+    fit = ("pad", "center") if crop == "pad" else ("center crop", crop)
+    where = "fit 'pad'" if crop == "pad" else f"fit 'center crop', crop_position '{crop}'"
+    return Converted(outputs={0: ctx.ref(image)}, fit=fit,
+                     note=f"folded into Encode Image Prompt's {where} (its resize to 224 px is the encoder's own)")
 
 
 RULES: dict[str, Rule] = {

@@ -162,7 +162,9 @@ def _widget_value(new: NewNode, name: str) -> Any:
 
 
 def _widget_type(name: str) -> str:
-    return "FLOAT" if name in ("weight", "start_percent", "end_percent") else "STRING"
+    if name == "encode_chunk":
+        return "INT"
+    return "FLOAT" if name in ("weight", "start_percent", "end_percent", "end_weight") else "STRING"
 
 
 def _reorder(out: dict[str, Any]) -> None:

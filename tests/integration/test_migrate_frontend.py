@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 migrate = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate")
 DATA = Path(__file__).resolve().parents[1] / "data" / "migrate"
-NAMES = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl")
+NAMES = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl", "batch_tiled_prep")
 PAGE_TIMEOUT_S = 120
 
 

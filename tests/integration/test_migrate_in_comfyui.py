@@ -28,11 +28,12 @@ from support.pack import import_pack
 
 # The pure converter, imported without ComfyUI (the repo root never goes on sys.path).
 migrate = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate")
-OURS = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate.tables").OURS
+TABLES = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate.tables")
+OURS = TABLES.OURS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "migrate"
-MAPPED = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl")
-SD15 = ("unified_advanced", "loader_simple_prep", "embeds")
+MAPPED = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl", "batch_tiled_prep")
+SD15 = ("unified_advanced", "loader_simple_prep", "embeds", "batch_tiled_prep")
 EXTRAS = ["nodes_mask.py"]  # SolidMask
 
 
@@ -56,6 +57,15 @@ def test_converter_tables_match_the_registry(comfy_nodes, node_type: str) -> Non
     optional = set(cls.INPUT_TYPES().get("optional") or {})
     assert [(n, t, n in optional) for n, t in wf.socket_inputs(cls).items()] == list(table.sockets)
     assert wf.output_types(cls) == [t for _, t in table.outputs]
+
+
+@pytest.mark.parametrize("node_type", sorted(OURS))
+def test_converter_defaults_match_the_registry(comfy_nodes, node_type: str) -> None:
+    """OUR_DEFAULTS is what a converted node carries for the widgets a rule leaves alone (the plain behaviour)."""
+    for widget in wf.widgets(comfy_nodes.node_class(node_type)):
+        if widget.is_input and "default" in widget.options:
+            assert TABLES.OUR_DEFAULTS.get(widget.name, widget.options["default"]) == widget.options["default"], \
+                f"{node_type}.{widget.name}"
 
 
 def _write_named_files(prompt: dict, folders: dict[str, Path], input_dir: Path) -> None:
@@ -123,6 +133,7 @@ def test_converted_workflow_runs(comfy_server, name: str) -> None:
             node["inputs"]["filename_prefix"] = f"migrated_{name}"
     outputs = _run(comfy_server, prompt)
     images = [entry for node in outputs.values() for entry in node.get("images", [])]
-    assert len(images) == 1
+    latents = [n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"]
+    assert len(images) == latents[0]  # batch_tiled_prep: two latents, one reference each
     pixels = np.asarray(Image.open(comfy_server.folder("output") / images[0]["subfolder"] / images[0]["filename"]))
     assert pixels.shape == (64, 64, 3)

@@ -85,3 +85,44 @@ def test_damaged_sd35_file_is_named(case) -> None:
         run_node("LoadIPAdapter", adapter_name=path.name)
     assert "ip_adapter.1.norm_ip_k.weight" in str(info.value) and "sd35-damaged" in str(info.value)
     assert torch.isfinite(case.x).all()
+
+
+# ---- issue 16's options that SD3.5's joint-block patch does not have yet: refused by name, never ignored ----
+
+@pytest.mark.parametrize("schedule", ["linear", "ease in-out", "per step list"])
+def test_weight_schedule_refused(case, schedule) -> None:
+    _error(lambda: case.apply(case.encode(), weight_schedule=schedule, end_weight=0.2, step_weights="1, 0.5"),
+           f"weight_schedule '{schedule}'", "SD3.5", "'constant'")
+
+
+def test_constant_schedule_and_empty_latent_weights_pass(case) -> None:
+    # the defaults, written out as a saved workflow carries them, are not refused
+    assert case.apply(case.encode(), weight_schedule="constant", end_weight=1.0, step_weights="", latent_weights="")
+
+
+@pytest.mark.parametrize("inputs", [{"latent_weights": "1, 0.5"}, {"latent_weights": " 0.8 "},
+                                    {"latent_weights_list": [1.0, 0.5]}, {"latent_weights_list": 0.7}])
+def test_latent_weights_refused(case, inputs) -> None:
+    _error(lambda: case.apply(case.encode(), **inputs), "per-latent weights", "SD3.5", "latent_weights")
+
+
+def test_region_chain_refused(case, pack) -> None:
+    import importlib
+
+    regions = importlib.import_module(f"{pack.module.__name__}.ip_adapter.regions")
+    chain = regions.RegionalPrompt((regions.Region(prompt=case.encode(), weight=0.8, mask=torch.ones(1, 16, 16)),))
+    _error(lambda: case.apply(chain), "IP-Adapter Region", "SD3.5", "attn_mask")
+    # the node itself takes only an Encode Image Prompt prompt, so the chain cannot start from an SD3.5 prompt
+    _error(lambda: run_node("IPAdapterRegion", image_prompt=case.encode(), mask=torch.ones(1, 16, 16), weight=1.0),
+           "IPAdapterRegion", "image_prompt")
+
+
+def test_fit_tiled_refused(case) -> None:
+    assert case.image.shape[1] != case.image.shape[2]  # a non-square reference: more than one tile
+    _error(lambda: run_node("EncodeImagePrompt", ip_adapter=case.adapter, clip_vision=case.siglip, image=case.image,
+                            fit="tiled"), "fit 'tiled'", "SD3.5", "'pad'")
+
+
+def test_one_per_latent_refused(case) -> None:
+    two = torch.cat([case.image, case.image.flip(2)])
+    _error(lambda: case.encode(two, combine_embeds="one per latent"), "'one per latent'", "SD3.5", "'concat'")

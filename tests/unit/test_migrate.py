@@ -18,8 +18,11 @@ from ipadapter_pack.ip_adapter.migrate.presets import PRESETS
 from ipadapter_pack.ip_adapter.migrate.tables import INCUMBENT, OURS, UNMAPPED
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "migrate"
-NAMES = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl", "unmapped")
+NAMES = ("unified_advanced", "loader_simple_prep", "embeds", "style_composition_sdxl", "batch_tiled_prep", "unmapped")
 VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+#: Issue 16's optional widgets, written with their defaults (the plain behaviour) unless a rule sets them.
+ENCODE = {"crop_position": "center", "encode_chunk": 16}
+FRAMES = {"weight_schedule": "constant", "end_weight": 1.0, "step_weights": "", "latent_weights": ""}
 
 
 def load(kind: str, name: str) -> dict:
@@ -39,10 +42,10 @@ def test_unified_loader_and_advanced() -> None:
     assert added(original, converted) == {
         "15": ("LoadIPAdapter", {"adapter_name": "ip-adapter_sd15.safetensors"}),
         "16": ("CLIPVisionLoader", {"clip_name": VIT_H}),
-        "17": ("EncodeImagePrompt", {"ip_adapter": ["15", 0], "clip_vision": ["16", 0], "image": ["7", 0],
+        "17": ("EncodeImagePrompt", {**ENCODE, "ip_adapter": ["15", 0], "clip_vision": ["16", 0], "image": ["7", 0],
                                      "fit": "center crop", "combine_embeds": "average", "image_weights": "",
                                      "negative_image": ["8", 0]}),
-        "18": ("ApplyIPAdapter", {"model": ["1", 0], "ip_adapter": ["15", 0], "image_prompt": ["17", 0], "weight": 0.7,
+        "18": ("ApplyIPAdapter", {**FRAMES, "model": ["1", 0], "ip_adapter": ["15", 0], "image_prompt": ["17", 0], "weight": 0.7,
                                   "start_percent": 0.1, "end_percent": 0.9, "weight_type": "style transfer",
                                   "embeds_scaling": "K+V", "layer_weights": "", "attn_mask": ["9", 0]}),
     }
@@ -59,18 +62,18 @@ def test_model_loader_prep_image_and_simple_node() -> None:
     converted, report = convert(original)
     assert added(original, converted) == {
         "16": ("LoadIPAdapter", {"adapter_name": "ip-adapter_sd15.safetensors"}),
-        "17": ("EncodeImagePrompt", {"ip_adapter": ["16", 0], "clip_vision": ["7", 0], "image": ["5", 0], "fit": "pad",
+        "17": ("EncodeImagePrompt", {**ENCODE, "ip_adapter": ["16", 0], "clip_vision": ["7", 0], "image": ["5", 0], "fit": "pad",
                                      "combine_embeds": "concat", "image_weights": ""}),
-        "18": ("ApplyIPAdapter", {"model": ["1", 0], "ip_adapter": ["16", 0], "image_prompt": ["17", 0], "weight": 1.2,
+        "18": ("ApplyIPAdapter", {**FRAMES, "model": ["1", 0], "ip_adapter": ["16", 0], "image_prompt": ["17", 0], "weight": 1.2,
                                   "start_percent": 0.0, "end_percent": 1.0, "weight_type": "ease in",
                                   "embeds_scaling": "K+V w/ C penalty", "layer_weights": ""}),
         "19": ("LoadIPAdapter", {"adapter_name": "ip-adapter_sd15.safetensors"}),
         "20": ("CLIPVisionLoader", {"clip_name": VIT_H}),
-        "21": ("EncodeImagePrompt", {"ip_adapter": ["19", 0], "clip_vision": ["20", 0], "image": ["5", 0],
+        "21": ("EncodeImagePrompt", {**ENCODE, "ip_adapter": ["19", 0], "clip_vision": ["20", 0], "image": ["5", 0],
                                      "fit": "center crop", "combine_embeds": "concat", "image_weights": ""}),
         # IPAdapter (simple): 'prompt is more important' is the incumbent's 'ease out'; the unified
         # loader's MODEL output passes the model through, so this apply chains onto the first.
-        "22": ("ApplyIPAdapter", {"model": ["18", 0], "ip_adapter": ["19", 0], "image_prompt": ["21", 0], "weight": 0.6,
+        "22": ("ApplyIPAdapter", {**FRAMES, "model": ["18", 0], "ip_adapter": ["19", 0], "image_prompt": ["21", 0], "weight": 0.6,
                                   "start_percent": 0.2, "end_percent": 0.8, "weight_type": "ease out",
                                   "embeds_scaling": "V only", "layer_weights": "", "attn_mask": ["11", 0]}),
     }
@@ -87,10 +90,10 @@ def test_encoder_combine_and_embeds_become_one_encode() -> None:
         "18": ("LoadIPAdapter", {"adapter_name": "ip-adapter_sd15.safetensors"}),
         "19": ("ImageBatch", {"image1": ["5", 0], "image2": ["6", 0]}),
         # encoder weights 0.8 and 1.2 -> one weight per image; the third encoder is the negative
-        "20": ("EncodeImagePrompt", {"ip_adapter": ["18", 0], "clip_vision": ["9", 0], "image": ["19", 0],
+        "20": ("EncodeImagePrompt", {**ENCODE, "ip_adapter": ["18", 0], "clip_vision": ["9", 0], "image": ["19", 0],
                                      "fit": "center crop", "combine_embeds": "norm average",
                                      "image_weights": "0.8, 1.2", "negative_image": ["7", 0]}),
-        "21": ("ApplyIPAdapter", {"model": ["1", 0], "ip_adapter": ["18", 0], "image_prompt": ["20", 0], "weight": 0.9,
+        "21": ("ApplyIPAdapter", {**FRAMES, "model": ["1", 0], "ip_adapter": ["18", 0], "image_prompt": ["20", 0], "weight": 0.9,
                                   "start_percent": 0.05, "end_percent": 0.95, "weight_type": "weak input",
                                   "embeds_scaling": "K+mean(V) w/ C penalty", "layer_weights": ""}),
     }
@@ -173,7 +176,7 @@ def test_unmapped_nodes_stay_and_every_incumbent_node_is_reported() -> None:
     assert "Save Image Prompt" in messages["13"] and "pickle" in messages["13"]
     assert "Load Image Prompt" in messages["14"]
     assert "InsightFace" in messages["7"]
-    assert "issue 16" in messages["11"]
+    assert "sharpening 0.1" in messages["11"]  # IPAdapterTiled with sharpening: no counterpart
     assert "IPAdapterLoadEmbeds" in messages["15"]
     assert "outside this pack's range [-1, 3]" in messages["16"]
     assert report.needs_incumbent and "keep that pack installed" in report.text()
@@ -182,7 +185,7 @@ def test_unmapped_nodes_stay_and_every_incumbent_node_is_reported() -> None:
     assert apply["inputs"]["model"] == ["16", 0]
 
 
-@pytest.mark.parametrize("crop,sharpening", [("top", 0.0), ("center", 0.3)])
+@pytest.mark.parametrize("crop,sharpening", [("top", 0.2), ("center", 0.3)])
 def test_prep_image_without_a_fit_here_is_left(crop: str, sharpening: float) -> None:
     original = load("api", "loader_simple_prep")
     original["8"]["inputs"].update(crop_position=crop, sharpening=sharpening)
@@ -278,7 +281,7 @@ def test_ui_file_saved_before_embeds_scaling_gets_the_default_of_then() -> None:
     node["widgets_values"] = node["widgets_values"][:-1]  # saved before embeds_scaling existed
     converted, report = convert(original)
     apply = next(n for n in converted["nodes"] if n["type"] == "ApplyIPAdapter")
-    assert apply["widgets_values"] == [0.7, 0.1, 0.9, "style transfer", "V only", ""]
+    assert apply["widgets_values"] == [0.7, 0.1, 0.9, "style transfer", "V only", "", *FRAMES.values()]
     assert "older release: embeds_scaling 'V only'" in next(e.message for e in report.entries if e.node == "11")
 
 
