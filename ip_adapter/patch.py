@@ -221,7 +221,7 @@ class ImageBranch:
     def mask_frames(self, batch: int, extra_options: dict) -> tuple[int, ...] | None:
         """Which masks serve this call's latents (a context window's frames), None for all (`per_latent`)."""
         assert self.mask is not None
-        return latent_indices(self.mask.shape[0], batch, extra_options, "masks (one per latent)")
+        return latent_indices(self.mask.shape[0], batch, extra_options, "masks", self.where)
 
     def mask_grid(self, latent_shape: tuple[int, ...] | list[int], tokens: int, chunks: int, batch: int,
                   device: torch.device, dtype: torch.dtype, frames: tuple[int, ...] | None = None) -> Tensor:

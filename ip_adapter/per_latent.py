@@ -45,23 +45,25 @@ def window_frames(window: Any, count: int, batch: int) -> tuple[int, ...] | None
     return tuple(int(i) for i in index_list)
 
 
-def latent_indices(count: int, batch: int, options: dict, what: str) -> tuple[int, ...] | None:
+def latent_indices(count: int, batch: int, options: dict, what: str,
+                   where: str = "ApplyIPAdapter") -> tuple[int, ...] | None:
     """Which of `count` per-latent items serve this call's `batch` latents, in order; None = use as they are.
 
-    `what` names the items for the error ("image prompt rows (one reference per latent)").
+    `what` names the items for the error ("image prompt rows (one reference per latent)"),
+    `where` the node input they came from ("ApplyIPAdapter attn_mask").
     """
     if count == 1:
         return None
     frames = window_frames(options.get("context_window"), count, batch)
     if frames is not None:
         if max(frames) >= count:
-            raise ImagePromptError(f"ApplyIPAdapter: the context window holds frame {max(frames)}, but there are "
+            raise ImagePromptError(f"{where}: the context window holds frame {max(frames)}, but there are "
                                    f"only {count} {what}.")
         return frames
     if count == batch:
         return None
     raise ImagePromptError(
-        f"ApplyIPAdapter: {count} {what} for a batch of {batch} latents. Give 1 (used for every latent) or exactly "
+        f"{where}: {count} {what} for a batch of {batch} latents. Give 1 (used for every latent) or exactly "
         f"{batch} (one per latent, in batch order); with context windows, one per frame of the whole batch."
     )
 
