@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from . import checkpoints, clip_vision_files, sd15_checkpoint
+from .child_processes import die_with_parent
 from .comfy_harness import REPO_ROOT, ComfyHarnessError, find_comfyui
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,8 @@ def comfy_server(
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(argv, cwd=root, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                   preexec_fn=die_with_parent())
     log.info("ComfyUI pid %d on %s, log %s", process.pid, url, log_path)
     try:
         _wait_ready(url, process, log_path, start_timeout)
