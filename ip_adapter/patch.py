@@ -232,6 +232,16 @@ class ImageBranch:
         assert self.cache.masks is not None and self.mask is not None, "mask_grid needs a branch with a mask"
         return self.cache.masks.get(latent_shape, tokens, chunks, batch, device, dtype, frames)
 
+    def scale_term(self, term: Tensor, gate: StepGate, options: dict, chunks: int, batch: int,
+                   inplace: bool) -> Tensor:
+        """term x the step gate's per-row factor x the schedule / per-latent modulation (every family's tail)."""
+        if gate.factor is not None:
+            term = term.mul_(gate.factor) if inplace else term * gate.factor
+        modulation = self.modulation(options, chunks, batch, term.device, term.dtype)
+        if modulation is not None:
+            term = term.mul_(modulation) if inplace else term * modulation
+        return term
+
     def modulation(self, extra_options: dict, chunks: int, batch: int, device: torch.device,
                    dtype: torch.dtype) -> Tensor | None:
         """Weight schedule x per-latent weights as one factor per q row [chunks * batch, 1, 1]; None if neither.

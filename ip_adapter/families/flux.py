@@ -153,11 +153,7 @@ class DoubleBlockPatch(WrapsPrevious):
         query = unrope(q_img, pe_img)
         term = flux_image_attention(query, k_ip, v_ip, self.image_attention, transformer_options=options)
         inplace = not torch.is_grad_enabled()
-        if gate.factor is not None:
-            term = term.mul_(gate.factor) if inplace else term * gate.factor
-        modulation = branch.modulation(options, len(chunks), batch, term.device, term.dtype)
-        if modulation is not None:
-            term = term.mul_(modulation) if inplace else term * modulation
+        term = branch.scale_term(term, gate, options, len(chunks), batch, inplace)
         if branch.mask is not None:
             if "original_shape" not in options:
                 raise RuntimeError("IP-Adapter: the Flux mask needs the latent size; its diffusion-model wrapper "

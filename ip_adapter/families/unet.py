@@ -78,11 +78,7 @@ class SlotPatch(WrapsPrevious):
                           transformer_options=extra_options)
         # In place on tensors made in this call (no autograd: ComfyUI samples in inference mode).
         inplace = not torch.is_grad_enabled()
-        if gate.factor is not None:
-            term = term.mul_(gate.factor) if inplace else term * gate.factor
-        modulation = branch.modulation(extra_options, len(chunks), batch, q.device, term.dtype)
-        if modulation is not None:
-            term = term.mul_(modulation) if inplace else term * modulation
+        term = branch.scale_term(term, gate, extra_options, len(chunks), batch, inplace)
         if branch.mask is not None:
             mask = branch.mask_rows(extra_options, q.shape[1], len(chunks), batch, q.device, term.dtype)
             term = term.mul_(mask) if inplace else term * mask

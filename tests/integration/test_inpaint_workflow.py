@@ -14,7 +14,6 @@ are identical (``InpaintModelConditioning``'s noise mask keeps the original late
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -52,19 +51,6 @@ def _prompt(reference: str, tag: str) -> dict:
     return prompt
 
 
-def _run(server, prompt: dict, timeout_s: float = 240) -> dict:
-    status, body = server.post_json("/prompt", {"prompt": prompt})
-    assert status == 200, body
-    prompt_id = body["prompt_id"]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        history = server.get_json(f"/history/{prompt_id}")
-        if prompt_id in history:
-            entry = history[prompt_id]
-            assert entry["status"]["status_str"] == "success", entry["status"]
-            return entry["outputs"]
-        time.sleep(0.5)
-    raise AssertionError(f"prompt did not finish in {timeout_s} s:\n{server.log()[-3000:]}")
 
 
 def _latent(server, outputs: dict) -> np.ndarray:
@@ -74,8 +60,8 @@ def _latent(server, outputs: dict) -> np.ndarray:
 
 def test_inpaint_workflow_changes_only_the_masked_area(comfy_server) -> None:
     _write_inputs(comfy_server.folder("input"))
-    out_a = _run(comfy_server, _prompt("inpaint_ref_a.png", "a"))
-    out_b = _run(comfy_server, _prompt("inpaint_ref_b.png", "b"))
+    out_a = comfy_server.run_prompt(_prompt("inpaint_ref_a.png", "a"))
+    out_b = comfy_server.run_prompt(_prompt("inpaint_ref_b.png", "b"))
     for outputs in (out_a, out_b):
         (image,) = [entry for node in outputs.values() for entry in node.get("images", [])]
         pixels = np.asarray(Image.open(comfy_server.folder("output") / image["subfolder"] / image["filename"]))

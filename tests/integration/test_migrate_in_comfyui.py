@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -105,19 +104,6 @@ def test_converted_ui_file_is_the_converted_api_graph(comfy_nodes, name: str) ->
         assert exported[node_id]["inputs"] == node["inputs"], f"{name} node {node_id} ({node['class_type']})"
 
 
-def _run(server, prompt: dict, timeout_s: float = 300) -> dict:
-    status, body = server.post_json("/prompt", {"prompt": prompt})
-    assert status == 200, body
-    prompt_id = body["prompt_id"]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        history = server.get_json(f"/history/{prompt_id}")
-        if prompt_id in history:
-            entry = history[prompt_id]
-            assert entry["status"]["status_str"] == "success", entry["status"]
-            return entry["outputs"]
-        time.sleep(0.5)
-    raise AssertionError(f"prompt did not finish in {timeout_s} s:\n{server.log()[-3000:]}")
 
 
 @pytest.mark.slow
@@ -131,7 +117,7 @@ def test_converted_workflow_runs(comfy_server, name: str) -> None:
                 comfy_server.folder("input") / node["inputs"]["image"])
         if node["class_type"] == "SaveImage":
             node["inputs"]["filename_prefix"] = f"migrated_{name}"
-    outputs = _run(comfy_server, prompt)
+    outputs = comfy_server.run_prompt(prompt)
     images = [entry for node in outputs.values() for entry in node.get("images", [])]
     latents = [n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"]
     assert len(images) == latents[0]  # batch_tiled_prep: two latents, one reference each

@@ -97,6 +97,21 @@ class ComfyServer:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
+    def run_prompt(self, prompt: Mapping[str, Any], timeout_s: float = 300) -> dict:
+        """Queue an API-format prompt, wait for it, and return its outputs; fail with the server's log."""
+        status, body = self.post_json("/prompt", {"prompt": prompt})
+        assert status == 200, body
+        prompt_id = body["prompt_id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            history = self.get_json(f"/history/{prompt_id}")
+            if prompt_id in history:
+                entry = history[prompt_id]
+                assert entry["status"]["status_str"] == "success", entry["status"]
+                return entry["outputs"]
+            time.sleep(0.5)
+        raise AssertionError(f"prompt did not finish in {timeout_s} s:\n{self.log()[-3000:]}")
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
