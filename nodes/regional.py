@@ -19,6 +19,7 @@ from ..ip_adapter.errors import ImagePromptError
 from ..ip_adapter.masking import check_mask
 from ..ip_adapter.prompt import ImagePrompt
 from ..ip_adapter.regions import Region, RegionalPrompt
+from ..ip_adapter.sd3.prompt import SD3ImagePrompt
 from .types import ImagePromptSocket
 
 NODE = "IPAdapterRegion"
@@ -78,6 +79,9 @@ class IPAdapterRegion(io.ComfyNode):
     @classmethod
     def execute(cls, image_prompt: Any, mask: Tensor, weight: float, positive: list | None = None,
                 negative: list | None = None, previous: Any = None, text_strength: float = 1.0) -> io.NodeOutput:
+        if isinstance(image_prompt, SD3ImagePrompt):
+            raise ImagePromptError(f"{NODE}: regions are not available for SD3.5 adapters yet; connect Encode Image "
+                                   "Prompt to Apply IP-Adapter directly and give one region with its attn_mask.")
         if not isinstance(image_prompt, ImagePrompt):
             raise ImagePromptError(f"{NODE}: 'image_prompt' must come from Encode Image Prompt (one reference "
                                    f"prompt), got {type(image_prompt).__name__}; connect chains to 'previous'.")

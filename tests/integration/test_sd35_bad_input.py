@@ -112,9 +112,9 @@ def test_region_chain_refused(case, pack) -> None:
     regions = importlib.import_module(f"{pack.module.__name__}.ip_adapter.regions")
     chain = regions.RegionalPrompt((regions.Region(prompt=case.encode(), weight=0.8, mask=torch.ones(1, 16, 16)),))
     _error(lambda: case.apply(chain), "IP-Adapter Region", "SD3.5", "attn_mask")
-    # the node itself takes only an Encode Image Prompt prompt, so the chain cannot start from an SD3.5 prompt
+    # the node itself says that regions are not there yet for SD3.5 and what to do instead
     _error(lambda: run_node("IPAdapterRegion", image_prompt=case.encode(), mask=torch.ones(1, 16, 16), weight=1.0),
-           "IPAdapterRegion", "image_prompt")
+           "IPAdapterRegion", "not available for SD3.5", "attn_mask")
 
 
 def test_fit_tiled_refused(case) -> None:
