@@ -90,15 +90,21 @@ class PerceiverAttention(nn.Module):
 
     def forward(self, features: Tensor, latents: Tensor) -> Tensor:
         """features: [B, n, dim], latents: [B, q, dim] -> [B, q, dim]."""
-        features = self.norm1(features)
-        latents = self.norm2(latents)
-        q = self.to_q(latents)
-        k, v = self.to_kv(torch.cat((features, latents), dim=-2)).chunk(2, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        logits = (q * self.scale) @ (k * self.scale).transpose(-2, -1)
-        weights = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
-        out = rearrange(weights @ v, "b h n d -> b n (h d)")
-        return self.to_out(out)
+        return perceiver_attend(self, self.norm1(features), self.norm2(latents))
+
+
+def perceiver_attend(block: nn.Module, features: Tensor, latents: Tensor) -> Tensor:
+    """The attention of a Perceiver block (`to_q`, fused `to_kv`, `to_out`, `heads`, `scale`) on normed inputs.
+
+    Shared by `PerceiverAttention` and SD3.5's time-conditioned block, which differ
+    only in how the latents are normalised.
+    """
+    q = block.to_q(latents)
+    k, v = block.to_kv(torch.cat((features, latents), dim=-2)).chunk(2, dim=-1)
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=block.heads) for t in (q, k, v))
+    logits = (q * block.scale) @ (k * block.scale).transpose(-2, -1)
+    weights = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
+    return block.to_out(rearrange(weights @ v, "b h n d -> b n (h d)"))
 
 
 def _feed_forward(dim: int, inner: int) -> nn.Sequential:

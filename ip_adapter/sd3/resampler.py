@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
+from ..projection import perceiver_attend
 from .format import RESAMPLER_HEAD_DIM, SD3AdapterShape
 
 
@@ -65,14 +65,8 @@ class TimePerceiverAttention(nn.Module):
 
     def forward(self, features: Tensor, latents: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
         """features [B, n, dim], latents [B, q, dim], shift/scale [B, dim] -> [B, q, dim]."""
-        features = self.norm1(features)
         latents = self.norm2(latents) * (1 + scale[:, None]) + shift[:, None]
-        q = self.to_q(latents)
-        k, v = self.to_kv(torch.cat((features, latents), dim=-2)).chunk(2, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        logits = (q * self.scale) @ (k * self.scale).transpose(-2, -1)
-        weights = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
-        return self.to_out(rearrange(weights @ v, "b h n d -> b n (h d)"))
+        return perceiver_attend(self, self.norm1(features), latents)
 
 
 class TimeFeedForward(nn.Module):
