@@ -18,9 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from support import workflow_files as wf
-from support.comfy_prompts import PromptRunner
+from support.prompt_validation import validate_with_placeholder_files
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 RELEASES = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
@@ -85,22 +84,5 @@ def test_golden_ui_workflow_still_loads_to_the_same_graph(comfy_nodes, path: Pat
 @pytest.mark.parametrize("path", UI_FILES, ids=ids)
 def test_golden_api_prompt_still_validates(comfy_nodes, model_dirs, tmp_path, path: Path) -> None:
     prompt = wf.load(path.parent / "api" / path.name)
-    fp = comfy_nodes.folder_paths
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    fp.add_model_folder_path("checkpoints", str(checkpoints), is_default=True)
-    folders = {**model_dirs, "checkpoints": checkpoints}
-    try:
-        for node in prompt.values():
-            for name, value in node["inputs"].items():
-                if name in wf.MODEL_FILE_WIDGETS:
-                    (folders[wf.MODEL_FILE_WIDGETS[name]] / value).write_bytes(b"")
-                if node["class_type"] == "LoadImage" and name == "image":
-                    Image.new("RGB", (64, 64)).save(Path(fp.get_input_directory()) / value)
-        for name in folders:
-            fp.filename_list_cache.pop(name, None)
-        outputs = PromptRunner().validate(prompt)
-        assert {k for k, v in prompt.items() if v["class_type"] == "SaveImage"} <= set(outputs)
-    finally:
-        fp.folder_names_and_paths["checkpoints"][0].remove(str(checkpoints))
-        fp.filename_list_cache.pop("checkpoints", None)
+    outputs = validate_with_placeholder_files(comfy_nodes.folder_paths, prompt, model_dirs, tmp_path)
+    assert {k for k, v in prompt.items() if v["class_type"] == "SaveImage"} <= set(outputs)

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 from support import comfy_server as server_support
 from support import workflow_files as wf
-from support.comfy_prompts import PromptRunner
 from support.pack import import_pack
+from support.prompt_validation import validate_with_placeholder_files
 
 # The pure converter, imported without ComfyUI (the repo root never goes on sys.path).
 migrate = importlib.import_module(f"{import_pack().__name__}.ip_adapter.migrate")
@@ -67,31 +67,11 @@ def test_converter_defaults_match_the_registry(comfy_nodes, node_type: str) -> N
                 f"{node_type}.{widget.name}"
 
 
-def _write_named_files(prompt: dict, folders: dict[str, Path], input_dir: Path) -> None:
-    for node in prompt.values():
-        for name, value in node["inputs"].items():
-            if name in wf.MODEL_FILE_WIDGETS:
-                (folders[wf.MODEL_FILE_WIDGETS[name]] / value).write_bytes(b"")
-            if node["class_type"] == "LoadImage" and name == "image":
-                Image.new("RGB", (64, 48), (120, 90, 60)).save(input_dir / value)
-
-
 @pytest.mark.parametrize("name", MAPPED)
 def test_converted_api_file_validates(comfy_nodes, model_dirs, tmp_path, name: str) -> None:
     prompt = _converted("api", name)
-    fp = comfy_nodes.folder_paths
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    fp.add_model_folder_path("checkpoints", str(checkpoints), is_default=True)
-    try:
-        _write_named_files(prompt, {**model_dirs, "checkpoints": checkpoints}, Path(fp.get_input_directory()))
-        for folder in (*model_dirs, "checkpoints"):
-            fp.filename_list_cache.pop(folder, None)
-        outputs = PromptRunner().validate(prompt)
-        assert {k for k, v in prompt.items() if v["class_type"] == "SaveImage"} <= set(outputs)
-    finally:
-        fp.folder_names_and_paths["checkpoints"][0].remove(str(checkpoints))
-        fp.filename_list_cache.pop("checkpoints", None)
+    outputs = validate_with_placeholder_files(comfy_nodes.folder_paths, prompt, model_dirs, tmp_path)
+    assert {k for k, v in prompt.items() if v["class_type"] == "SaveImage"} <= set(outputs)
 
 
 @pytest.mark.parametrize("name", MAPPED)

@@ -22,10 +22,9 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from support import workflow_files as wf
 from support.comfy_harness import REPO_ROOT
-from support.comfy_prompts import PromptRunner
+from support.prompt_validation import validate_with_placeholder_files
 
 UI_WORKFLOWS = wf.ui_workflows()
 EXPECTED = {
@@ -204,28 +203,10 @@ def test_api_twin_is_the_same_graph(comfy_nodes, path: Path) -> None:
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=ids)
 def test_api_twin_passes_comfyui_validation(comfy_nodes, model_dirs, tmp_path, path: Path) -> None:
     prompt = wf.load(wf.api_twin(path))
-    fp = comfy_nodes.folder_paths
-    extra = {name: tmp_path / name for name in ("checkpoints", "diffusion_models", "text_encoders", "vae")}
-    for name, folder in extra.items():
-        folder.mkdir()
-        fp.add_model_folder_path(name, str(folder), is_default=True)
-    folders = {**model_dirs, **extra}
-    try:
-        for node in prompt.values():
-            for name, value in node["inputs"].items():
-                if name in wf.MODEL_FILE_WIDGETS:  # empty files satisfy the file-list combos
-                    (folders[wf.MODEL_FILE_WIDGETS[name]] / value).write_bytes(b"")
-                if node["class_type"] == "LoadImage" and name == "image":
-                    Image.new("RGB", (64, 64)).save(Path(fp.get_input_directory()) / value)
-        for name in folders:
-            fp.filename_list_cache.pop(name, None)
-        outputs = PromptRunner().validate(prompt)
-        save_nodes = {k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
-        assert save_nodes and save_nodes <= set(outputs)
-    finally:
-        for name, folder in extra.items():
-            fp.folder_names_and_paths[name][0].remove(str(folder))
-            fp.filename_list_cache.pop(name, None)
+    outputs = validate_with_placeholder_files(comfy_nodes.folder_paths, prompt, model_dirs, tmp_path,
+                                              ("checkpoints", "diffusion_models", "text_encoders", "vae"))
+    save_nodes = {k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
+    assert save_nodes and save_nodes <= set(outputs)
 
 
 def test_comfyui_lists_the_workflows_as_templates(comfy_nodes, tmp_path) -> None:
